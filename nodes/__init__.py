@@ -1,0 +1,6 @@
+"""The pack's ComfyUI nodes (V3 schema). Node ids and input names are a public contract: never rename them."""
+from .lora_loader import GlanceLoraLoader
+from .phase_sampler import GlancePhaseKSampler
+from .sigmas_node import GlanceSigmas
+
+NODE_LIST = [GlancePhaseKSampler, GlanceSigmas, GlanceLoraLoader]

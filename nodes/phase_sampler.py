@@ -1,0 +1,114 @@
+"""GlancePhaseKSampler: KSampler with two models, the slow one above a switch sigma and the fast one below."""
+from __future__ import annotations
+
+import math
+
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+from comfy_api.latest import io
+
+from .phase_sampling import sample_phases
+from .schedules import validate_switch_sigma
+
+
+def _check_inputs(steps, switch_sigma, cfg_slow, cfg_fast, latent, sigmas):
+    validate_switch_sigma(switch_sigma)
+    for name, value in (("cfg_slow", cfg_slow), ("cfg_fast", cfg_fast)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} is not a number: use a finite CFG scale (1.0 turns CFG off for that phase).")
+    if sigmas is None and steps < 1:
+        raise ValueError(f"steps={steps}: use at least 1 step, or connect a SIGMAS schedule (e.g. from GlanceSigmas).")
+    if sigmas is not None and (sigmas.ndim != 1 or len(sigmas) < 2):
+        raise ValueError("sigmas: the connected schedule has no steps (it needs at least 2 values, e.g. [1.0, 0.0]).")
+    if not isinstance(latent, dict) or "samples" not in latent:
+        raise ValueError("latent_image: expected a LATENT (connect Empty Latent Image or VAE Encode).")
+
+
+def _check_latent_fits(model, latent_image, name):
+    latent_format = model.get_model_object("latent_format")
+    channels = getattr(latent_format, "latent_channels", None)
+    dims = getattr(latent_format, "latent_dimensions", 2)
+    if channels is not None and latent_image.shape[1] != channels:
+        raise ValueError(
+            f"latent_image has {latent_image.shape[1]} channels but {name} ({type(model.model).__name__}) expects "
+            f"{channels}: make the latent with this model's VAE or its empty-latent node (e.g. EmptySD3LatentImage for 16 channels)."
+        )
+    if latent_image.ndim not in (dims + 2, 4):
+        raise ValueError(f"latent_image has shape {tuple(latent_image.shape)}, which {name} cannot sample.")
+
+
+class GlancePhaseKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GlancePhaseKSampler",
+            display_name="Glance Phase KSampler",
+            category="sampling/glance",
+            description=(
+                "KSampler with two models in one sampling pass: steps that start above switch_sigma run on "
+                "model_slow with cfg_slow (semantics), the rest on model_fast with cfg_fast (detail). Multistep "
+                "and ancestral samplers keep their history and noise across the switch. cfg 1.0 in a phase skips "
+                "its negative pass. Works with Glance Slow/Fast LoRAs, a light and a full backbone, or Wan 2.2 experts."
+            ),
+            inputs=[
+                io.Model.Input("model_slow", tooltip="Model for the early, high-noise steps (e.g. base + Glance Slow-LoRA)."),
+                io.Model.Input("model_fast", tooltip="Model for the late, low-noise steps (e.g. base + Glance Fast-LoRA)."),
+                io.Conditioning.Input("positive", tooltip="What the image should show."),
+                io.Conditioning.Input("negative", tooltip="What to steer away from; unused in a phase whose cfg is 1.0."),
+                io.Latent.Input("latent_image", tooltip="The latent to denoise (an empty latent for text-to-image)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the initial noise (and of ancestral/SDE noise)."),
+                io.Int.Input("steps", default=10, min=1, max=10000,
+                             tooltip="Total steps when no sigmas are connected; the scheduler spreads them over the model's sigma range."),
+                io.Float.Input("switch_sigma", default=0.9, min=0.0, max=1000.0, step=0.001, round=0.0001,
+                               tooltip="Steps starting above this sigma use model_slow, the rest model_fast. Flow models run "
+                                       "from sigma 1 to 0; the Glance presets switch near 0.9. Outside the schedule, one phase runs alone."),
+                io.Float.Input("cfg_slow", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="CFG scale of the slow phase (the paper uses true CFG 5 for Qwen-Image)."),
+                io.Float.Input("cfg_fast", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="CFG scale of the fast phase; 1.0 skips the negative pass (half the cost per step)."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
+                               tooltip="Sampler for the whole run (one continuous pass across the switch)."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
+                               tooltip="Scheduler used when no sigmas are connected (computed from model_slow's sampling)."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the schedule to run (below 1.0 for image-to-image); ignored when sigmas are connected."),
+                io.Sigmas.Input("sigmas", optional=True,
+                                tooltip="Optional schedule (e.g. from Glance Sigmas); overrides steps, scheduler and denoise."),
+            ],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The denoised latent.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, switch_sigma=None, steps=None, **kwargs):
+        if switch_sigma is not None and (not isinstance(switch_sigma, (int, float)) or not math.isfinite(switch_sigma) or switch_sigma < 0):
+            return f"switch_sigma={switch_sigma!r} is not a valid sigma: use a finite value >= 0 (the Glance presets switch near 0.9)."
+        if steps is not None and steps < 1:
+            return f"steps={steps}: use at least 1 step."
+        return True
+
+    @classmethod
+    def execute(cls, model_slow, model_fast, positive, negative, latent_image, seed, steps, switch_sigma, cfg_slow,
+                cfg_fast, sampler_name, scheduler, denoise=1.0, sigmas=None) -> io.NodeOutput:
+        _check_inputs(steps, switch_sigma, cfg_slow, cfg_fast, latent_image, sigmas)
+        latent = comfy.sample.fix_empty_latent_channels(model_slow, latent_image["samples"])
+        _check_latent_fits(model_slow, latent, "model_slow")
+        _check_latent_fits(model_fast, latent, "model_fast")
+
+        if sigmas is None:
+            sigmas = comfy.samplers.KSampler(model_slow, steps=steps, device=model_slow.load_device, sampler=sampler_name,
+                                             scheduler=scheduler, denoise=denoise, model_options=model_slow.model_options).sigmas
+        sigmas = sigmas.detach().float().cpu()
+        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        callback = latent_preview.prepare_callback(model_slow, len(sigmas) - 1)
+        samples, _report = sample_phases(
+            model_slow, model_fast, noise, positive, negative, cfg_slow, cfg_fast,
+            comfy.samplers.sampler_object(sampler_name), sigmas, switch_sigma, latent,
+            denoise_mask=latent_image.get("noise_mask"), callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+        )
+        out = latent_image.copy()
+        out["samples"] = samples
+        return io.NodeOutput(out)

@@ -1,0 +1,92 @@
+"""Sigma schedules for Glance: the published presets and split schedules built from a model's own scheduler."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    sigmas: tuple[float, ...]
+    steps_slow: int
+    description: str
+
+    @property
+    def switch_sigma(self) -> float:
+        """Midway between the last slow-step sigma and the first fast-step sigma."""
+        return round((self.sigmas[self.steps_slow - 1] + self.sigmas[self.steps_slow]) / 2, 6)
+
+
+# FACTS: the paper's training timesteps as a consistent schedule (t = 1000 * sigma), 5 slow + 5 fast steps.
+PRESETS = {
+    p.name: p
+    for p in (
+        Preset("qwen_image_glance", (1.0, 0.979192, 0.957516, 0.934917, 0.911335, 0.886705, 0.745073, 0.56295, 0.32008, 0.02, 0.0),
+               5, "Qwen-Image Glance: 5 slow + 5 fast steps at the paper's timesteps (mu 0.6935, shift_terminal 0.02)."),
+        Preset("flux_dev_glance", (1.0, 0.986979, 0.973204, 0.958609, 0.943119, 0.926647, 0.825702, 0.677987, 0.4412, 0.06055, 0.0),
+               5, "FLUX.1-dev Glance: 5 slow + 5 fast steps at the paper's timesteps (mu 1.15)."),
+    )
+}
+SPLIT = "split_from_model_scheduler"
+PRESET_NAMES = [*PRESETS, SPLIT]
+
+
+def preset_sigmas(name: str) -> tuple[torch.Tensor, float]:
+    preset = PRESETS[name]
+    return torch.tensor(preset.sigmas, dtype=torch.float32), preset.switch_sigma
+
+
+def split_sigmas(dense: torch.Tensor, switch_sigma: float, steps_slow: int, steps_fast: int) -> torch.Tensor:
+    """Resample a model's dense schedule into ``steps_slow`` steps above ``switch_sigma`` and ``steps_fast`` below.
+
+    ``dense`` is the model's own schedule (e.g. 1000 steps of its scheduler, descending, ending at 0); each
+    phase takes points evenly spaced in that schedule's step index, so the scheduler's shape is kept.
+    """
+    if steps_slow < 1 or steps_fast < 1:
+        raise ValueError(f"steps_slow and steps_fast must be at least 1 (got {steps_slow}, {steps_fast}).")
+    dense = dense.detach().to(torch.float64).cpu()
+    sigma_max, sigma_end = float(dense[0]), float(dense[-1])
+    if not (sigma_end < switch_sigma < sigma_max):
+        raise ValueError(
+            f"switch_sigma={switch_sigma:g} must lie inside the model's schedule ({sigma_end:g}, {sigma_max:g}); "
+            "pick a value between them, e.g. 0.9 for flow models."
+        )
+    # Fractional index where the dense schedule crosses the switch sigma (schedules are descending).
+    idx = torch.arange(len(dense), dtype=torch.float64)
+    position = float(_interp(torch.tensor([switch_sigma]), dense.flip(0), idx.flip(0))[0])
+    slow_pos = torch.linspace(0.0, position, steps_slow + 1)
+    fast_pos = torch.linspace(position, len(dense) - 1, steps_fast + 1)[1:]
+    positions = torch.cat([slow_pos, fast_pos])
+    sigmas = _interp(positions, idx, dense)
+    sigmas[steps_slow] = switch_sigma
+    return sigmas.to(torch.float32)
+
+
+def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """numpy.interp for increasing ``xp``."""
+    x = x.to(torch.float64)
+    i = torch.searchsorted(xp, x).clamp(1, len(xp) - 1)
+    x0, x1, y0, y1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
+    w = torch.where(x1 > x0, (x - x0) / (x1 - x0), torch.zeros_like(x))
+    return y0 + w * (y1 - y0)
+
+
+def validate_switch_sigma(switch_sigma: float, name: str = "switch_sigma") -> float:
+    if switch_sigma is None or not math.isfinite(switch_sigma) or switch_sigma < 0:
+        raise ValueError(
+            f"{name}={switch_sigma!r} is not a valid sigma: use a finite value >= 0 "
+            "(flow models run from sigma 1 to 0; the Glance presets switch near 0.9)."
+        )
+    return float(switch_sigma)
+
+
+def first_fast_step(sigmas: torch.Tensor, switch_sigma: float) -> int:
+    """Index of the first step whose starting sigma is at or below ``switch_sigma`` (== steps if none)."""
+    steps = len(sigmas) - 1
+    for k in range(steps):
+        if float(sigmas[k]) <= switch_sigma:
+            return k
+    return steps

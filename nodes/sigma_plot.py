@@ -1,0 +1,44 @@
+"""A small sigma-schedule plot (Pillow only) with the switch point marked, as an IMAGE tensor."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+SLOW_COLOR = (70, 130, 230)
+FAST_COLOR = (235, 120, 40)
+
+
+def plot_sigmas(sigmas: torch.Tensor, switch_sigma: float, title: str = "", size=(512, 320)) -> torch.Tensor:
+    """Sigma per step: slow-phase points blue, fast-phase orange, the switch sigma a dashed line. [1,H,W,3] in 0..1."""
+    w, h = size
+    left, right, top, bottom = 48, 16, 30, 36
+    img = Image.new("RGB", size, (24, 24, 28))
+    draw = ImageDraw.Draw(img)
+    values = [float(s) for s in sigmas]
+    steps = max(len(values) - 1, 1)
+    top_sigma = max(max(values), switch_sigma, 1e-6)
+
+    def xy(i, s):
+        return (left + (w - left - right) * i / steps, top + (h - top - bottom) * (1 - s / top_sigma))
+
+    draw.rectangle([left, top, w - right, h - bottom], outline=(90, 90, 100))
+    for frac in (0.0, 0.5, 1.0):
+        y = xy(0, frac * top_sigma)[1]
+        draw.text((4, y - 6), f"{frac * top_sigma:.2f}", fill=(170, 170, 180))
+    y_switch = xy(0, switch_sigma)[1]
+    for x in range(left, w - right, 10):
+        draw.line([(x, y_switch), (x + 5, y_switch)], fill=(220, 60, 60), width=1)
+    draw.text((w - right - 150, y_switch - 14), f"switch sigma {switch_sigma:.4f}", fill=(230, 90, 90))
+    points = [xy(i, s) for i, s in enumerate(values)]
+    draw.line(points, fill=(160, 160, 170), width=1)
+    for i, (p, s) in enumerate(zip(points, values)):
+        is_slow = i < len(values) - 1 and s > switch_sigma
+        color = SLOW_COLOR if is_slow else FAST_COLOR
+        draw.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=color)
+    n_slow = sum(1 for s in values[:-1] if s > switch_sigma)
+    draw.text((left, 8), title or "sigma schedule", fill=(230, 230, 235))
+    draw.text((left, h - bottom + 8), f"steps: {n_slow} slow", fill=SLOW_COLOR)
+    draw.text((left + 110, h - bottom + 8), f"+ {len(values) - 1 - n_slow} fast", fill=FAST_COLOR)
+    draw.text((w - right - 40, h - bottom + 8), "step", fill=(170, 170, 180))
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]

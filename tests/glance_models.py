@@ -1,0 +1,88 @@
+"""Small real flow-matching models for tests and benchmarks, built from ComfyUI's own classes.
+
+Random weights, real architectures: Flux and Qwen-Image in-process (the stock detector only knows their
+full widths), and an SD3-family MMDiT written as a file that the stock UNETLoader detects by its widths.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+FLUX_CONFIG = dict(
+    image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=48, hidden_size=64,
+    mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12], theta=10000,
+    patch_size=2, qkv_bias=True, guidance_embed=True,
+)
+QWEN_CONFIG = dict(
+    image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+    attention_head_dim=32, num_attention_heads=2, joint_attention_dim=48, axes_dims_rope=(8, 12, 12),
+)
+CONTEXT_DIM = 48
+POOLED_DIM = 32
+
+
+def _patcher(model_cls, unet_config: dict, seed: int, std: float):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    config = model_cls(dict(unet_config))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}, device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
+def make_flux(seed: int = 0, std: float = 0.08):
+    import comfy.supported_models as sm
+
+    return _patcher(sm.Flux, FLUX_CONFIG, seed, std)
+
+
+def make_qwen(seed: int = 0, std: float = 0.08):
+    import comfy.supported_models as sm
+
+    return _patcher(sm.QwenImage, QWEN_CONFIG, seed, std)
+
+
+def sd3_state_dict(seed: int = 0, hidden: int = 128, depth: int = 2, std: float = 0.05) -> dict:
+    """A bare MMDiT state dict (keys as in a diffusion-model file) that the stock detector reads as SD3."""
+    import comfy.supported_models as sm
+
+    unet_config = dict(
+        in_channels=16, patch_size=2, out_channels=16, depth=hidden // 64, input_size=None,
+        adm_in_channels=POOLED_DIM, num_patches=32 * 32, pos_embed_max_size=32, pos_embed_scaling_factor=None,
+        context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": CONTEXT_DIM, "out_features": hidden}},
+        x_block_self_attn_layers=[],
+    )
+    assert depth == hidden // 64, "MMDiT depth is hidden/64 for the stock detector"
+    patcher = _patcher(sm.SD3, unet_config, seed, std)
+    return {k: v.contiguous() for k, v in patcher.model.diffusion_model.state_dict().items()}
+
+
+def write_sd3_file(path: Path, seed: int = 0) -> Path:
+    import safetensors.torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(sd3_state_dict(seed), str(path))
+    return path
+
+
+def conditioning(kind: str, seed: int = 1, tokens: int = 8, std: float = 1.0):
+    """A [[cond, extras]] conditioning list with the extras each architecture needs."""
+    gen = torch.Generator().manual_seed(seed)
+    cond = torch.randn((1, tokens, CONTEXT_DIM), generator=gen) * std
+    extras: dict = {}
+    if kind in ("flux", "sd3"):
+        extras["pooled_output"] = torch.randn((1, POOLED_DIM), generator=gen) * std
+    if kind == "flux":
+        extras["guidance"] = 3.5
+    return [[cond, extras]]
+
+
+def empty_latent(height: int = 16, width: int = 16, batch: int = 1) -> dict:
+    """An empty 16-channel latent (as EmptySD3LatentImage makes it), ``height``/``width`` in latent pixels."""
+    return {"samples": torch.zeros((batch, 16, height, width))}
