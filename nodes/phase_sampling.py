@@ -69,10 +69,11 @@ def _options_for_phase(phase_options: dict, slow_base: dict, passed: dict) -> di
 
 
 class _PhaseRouter:
-    """The model function the sampler calls: routes each step to the slow or fast guider.
+    """The model function the sampler calls: routes each evaluation to the slow or fast guider.
 
-    The step index comes from the sampler's per-step callback, so sub-step evaluations (Heun, SDE, 2S
-    samplers) stay in the phase of the step they belong to.
+    An evaluation belongs to the step whose sigma interval holds it, so sub-step evaluations (2S, SDE,
+    DPM-2 midpoints) stay in their step's phase; one at a schedule point is that step's start. Hence: slow
+    while sigma is above the first fast step's starting sigma.
     """
 
     def __init__(self, slow, fast, slow_options, fast_options, sigmas, switch_step, report, load_fast):
@@ -83,23 +84,16 @@ class _PhaseRouter:
         self.model_options = slow_options
         self.sigmas = sigmas
         self.switch_step = switch_step
+        self.fast_from = float(sigmas[switch_step]) * (1 + 1e-6) + 1e-7 if switch_step < len(sigmas) - 1 else -1.0
         self.report = report
         self.load_fast = load_fast
-        self.step = 0
         self.fast_ready = False
         self.phase_name = "slow"
-
-    def step_done(self, i: int):
-        self.step = i + 1
 
     def __call__(self, x, sigma, model_options=None, seed=None):
         model_options = self.slow_options if model_options is None else model_options
         sigma_value = float(sigma.flatten()[0])
-        step = self.step
-        # A sampler that gives no callbacks still advances: an evaluation below the next step's sigma is past it.
-        while step + 1 < len(self.sigmas) - 1 and sigma_value < float(self.sigmas[step + 1]) - 1e-7:
-            step += 1
-        if step < self.switch_step:
+        if sigma_value > self.fast_from:
             self.report.calls.append((self.phase_name, sigma_value))
             return self.slow(x, sigma, model_options=model_options, seed=seed)
         if not self.fast_ready:
@@ -107,8 +101,7 @@ class _PhaseRouter:
             self.load_fast()
             self.report.switch_seconds = time.perf_counter() - start
             self.report.switch_sigma_value = float(self.sigmas[self.switch_step])
-            if self.switch_step > 0:
-                log.info(self.report.summary())
+            log.info(self.report.summary())
             self.fast_ready = True
         self.report.calls.append(("fast", sigma_value))
         options = _options_for_phase(self.fast_options, self.slow_options, model_options)
@@ -132,12 +125,7 @@ def sample_phases(model_slow, model_fast, noise, positive, negative, cfg_slow: f
     result: dict[str, torch.Tensor] = {}
 
     def run_sampler(router, slow_args, noise_dev, latent_dev, mask_dev):
-        def step_callback(i, denoised, x, total):
-            router.step_done(i)
-            if callback is not None:
-                callback(i, denoised, x, total)
-
-        result["samples"] = sampler.sample(router, router.sigmas, slow_args, step_callback, noise_dev, latent_dev,
+        result["samples"] = sampler.sample(router, router.sigmas, slow_args, callback, noise_dev, latent_dev,
                                            mask_dev, disable_pbar)
         return result["samples"]
 

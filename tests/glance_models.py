@@ -86,3 +86,30 @@ def conditioning(kind: str, seed: int = 1, tokens: int = 8, std: float = 1.0):
 def empty_latent(height: int = 16, width: int = 16, batch: int = 1) -> dict:
     """An empty 16-channel latent (as EmptySD3LatentImage makes it), ``height``/``width`` in latent pixels."""
     return {"samples": torch.zeros((batch, 16, height, width))}
+
+
+def linear_modules(patcher, contains: str = "") -> list[str]:
+    """Native names of the diffusion model's Linear layers (optionally only those containing ``contains``)."""
+    return [name for name, mod in patcher.model.diffusion_model.named_modules()
+            if isinstance(mod, torch.nn.Linear) and contains in name]
+
+
+def random_lora(patcher, modules: list[str], rank: int = 4, seed: int = 0, scale: float = 0.5) -> dict:
+    """A LoRA state dict in the host's own key style (``diffusion_model.<module>.lora_up/.lora_down/.alpha``)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    named = dict(patcher.model.diffusion_model.named_modules())
+    for name in modules:
+        layer = named[name]
+        sd[f"diffusion_model.{name}.lora_down.weight"] = torch.randn((rank, layer.in_features), generator=gen) * scale
+        sd[f"diffusion_model.{name}.lora_up.weight"] = torch.randn((layer.out_features, rank), generator=gen) * scale
+        sd[f"diffusion_model.{name}.alpha"] = torch.tensor(float(rank))
+    return sd
+
+
+def save_lora(sd: dict, path: Path) -> Path:
+    import safetensors.torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(sd, str(path))
+    return path
