@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import comfy.samplers
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from .schedules import PRESET_NAMES, PRESETS, SPLIT, preset_sigmas, split_sigmas, validate_switch_sigma
 from .sigma_plot import plot_sigmas
@@ -38,7 +38,7 @@ class GlanceSigmas(io.ComfyNode):
             outputs=[
                 io.Sigmas.Output(display_name="SIGMAS", tooltip="Connect to Glance Phase KSampler's sigmas."),
                 io.Float.Output(display_name="switch_sigma", tooltip="Connect to Glance Phase KSampler's switch_sigma."),
-                io.Image.Output(display_name="plot", tooltip="The schedule, slow steps blue, fast orange, switch dashed."),
+                io.Image.Output(display_name="plot", tooltip="The schedule, slow steps blue, fast orange, switch dashed (also previewed on the node)."),
             ],
         )
 
@@ -64,4 +64,5 @@ class GlanceSigmas(io.ComfyNode):
             title = f"{scheduler}: {steps_slow} slow + {steps_fast} fast"
         else:
             raise ValueError(f"preset={preset!r} is unknown; choose one of {', '.join(PRESET_NAMES)}.")
-        return io.NodeOutput(sigmas, switch, plot_sigmas(sigmas, switch, title))
+        plot = plot_sigmas(sigmas, switch, title)
+        return io.NodeOutput(sigmas, switch, plot, ui=ui.PreviewImage(plot, cls=cls))
