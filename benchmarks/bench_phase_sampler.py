@@ -1,0 +1,118 @@
+"""Speed of GlancePhaseKSampler against the stock KSampler, in one process on the real host.
+
+    python benchmarks/bench_phase_sampler.py            # full run (a few minutes on 2 CPU cores)
+    python benchmarks/bench_phase_sampler.py --quick    # smaller model, fewer repeats
+
+Measures (medians of interleaved repeats, so both sides see the same machine load):
+1. overhead: GlancePhaseKSampler with the same model in both phases vs one KSampler, same steps and cfg;
+2. switch cost: time to swap the Slow-LoRA's merged weights for the Fast-LoRA's at the switch, in ms and in
+   model steps, for LoRAs on every attention and MLP linear layer;
+3. Glance 10 steps (5 slow with cfg, 5 fast with cfg 1) vs stock 50 steps with cfg: wall-clock ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import glance_host  # noqa: E402
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller model and fewer repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    repeats = args.repeats or (3 if args.quick else 5)
+    hidden, latent_px = (256, 16) if args.quick else (512, 32)
+
+    import tempfile
+
+    nodes = glance_host.start_in_process(Path(tempfile.mkdtemp(prefix="glance-bench-")))
+    import comfy.model_management as mm
+    import comfy.sd
+    import glance_models as gm
+
+    torch.manual_seed(0)
+    config = dict(gm.FLUX_CONFIG, hidden_size=hidden, num_heads=hidden // 64, axes_dim=[16, 24, 24], depth=4, depth_single_blocks=4)
+    gm.FLUX_CONFIG, saved = config, gm.FLUX_CONFIG
+    model = gm.make_flux(seed=0, std=0.02)
+    gm.FLUX_CONFIG = saved
+    pos, neg = gm.conditioning("flux", 1), gm.conditioning("flux", 2)
+    latent = gm.empty_latent(latent_px, latent_px)
+    ksampler = nodes.NODE_CLASS_MAPPINGS["KSampler"]()
+    glance = nodes.NODE_CLASS_MAPPINGS["GlancePhaseKSampler"]
+    sampling = glance_host.pack_module("nodes.phase_sampling")
+    params = sum(p.numel() for p in model.model.diffusion_model.parameters())
+
+    def stock(steps, cfg, m=model):
+        return ksampler.sample(m, 1, steps, cfg, "euler", "simple", pos, neg, latent)[0]["samples"]
+
+    def phase(steps, cfg_slow, cfg_fast, slow=model, fast=model, switch=0.8, sigmas=None):
+        return glance.execute(model_slow=slow, model_fast=fast, positive=pos, negative=neg, latent_image=latent, seed=1,
+                              steps=steps, switch_sigma=switch, cfg_slow=cfg_slow, cfg_fast=cfg_fast,
+                              sampler_name="euler", scheduler="simple", sigmas=sigmas).args[0]["samples"]
+
+    stock(2, 3.0), phase(2, 3.0, 3.0)  # warm-up
+    rows = []
+
+    # 1. overhead, same model, same steps and cfg
+    t_stock, t_phase = [], []
+    for _ in range(repeats):
+        t_stock.append(timed(lambda: stock(10, 3.0))[0])
+        t_phase.append(timed(lambda: phase(10, 3.0, 3.0))[0])
+    step_ms = statistics.median(t_stock) / 10 * 1000
+    rows.append(("overhead: GlancePhaseKSampler / KSampler (same model, 10 steps, cfg 3)",
+                 f"{statistics.median(t_phase) / statistics.median(t_stock):.3f}x",
+                 f"{statistics.median(t_phase):.3f} s vs {statistics.median(t_stock):.3f} s"))
+
+    # 2. switch cost with LoRAs on every linear layer of the transformer blocks
+    modules = [m for m in gm.linear_modules(model) if "blocks" in m]
+    slow = comfy.sd.load_lora_for_models(model, None, gm.random_lora(model, modules, rank=32, seed=1, scale=0.01), 1.0, 0)[0]
+    fast = comfy.sd.load_lora_for_models(model, None, gm.random_lora(model, modules, rank=32, seed=2, scale=0.01), 1.0, 0)[0]
+    switch_s = []
+    import comfy.samplers
+
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 10).cpu()
+    noise = torch.randn(latent["samples"].shape, generator=torch.Generator().manual_seed(0))
+    for _ in range(repeats):
+        _, report = sampling.sample_phases(slow, fast, noise, pos, neg, 3.0, 1.0, comfy.samplers.sampler_object("euler"),
+                                           sigmas, 0.8, latent["samples"], seed=1)
+        switch_s.append(report.switch_seconds)
+    one_step_cfg_ms = step_ms
+    switch_ms = statistics.median(switch_s) * 1000
+    rows.append((f"switch cost: Slow->Fast LoRA swap ({len(modules)} linear layers, rank 32)",
+                 f"{switch_ms:.1f} ms", f"{switch_ms / one_step_cfg_ms:.2f} of one cfg step ({one_step_cfg_ms:.1f} ms)"))
+
+    # 3. Glance 10 steps (5 slow cfg 3 + 5 fast cfg 1) vs stock 50 steps cfg 3
+    mm.unload_all_models()
+    t50, t10 = [], []
+    glance_sigmas = torch.tensor([1.0, .986979, .973204, .958609, .943119, .926647, .825702, .677987, .4412, .06055, 0.0])
+    for _ in range(max(2, repeats // 2)):
+        t50.append(timed(lambda: stock(50, 3.0))[0])
+        t10.append(timed(lambda: phase(10, 3.0, 1.0, slow, fast, switch=0.935, sigmas=glance_sigmas))[0])
+    rows.append(("Glance 10 steps (5 slow cfg 3 + 5 fast cfg 1, two LoRAs) vs stock 50 steps cfg 3",
+                 f"{statistics.median(t50) / statistics.median(t10):.2f}x faster",
+                 f"{statistics.median(t10):.3f} s vs {statistics.median(t50):.3f} s"))
+
+    print(f"\nModel: Flux-architecture transformer, hidden {hidden}, 4+4 blocks, {params / 1e6:.1f}M params, "
+          f"latent {latent_px}x{latent_px}, CPU ({torch.get_num_threads()} threads), {repeats} interleaved repeats, medians.")
+    print(f"Command: python benchmarks/bench_phase_sampler.py{' --quick' if args.quick else ''}\n")
+    print("| measurement | result | detail |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
