@@ -12,6 +12,7 @@ Measures (medians of interleaved repeats, so both sides see the same machine loa
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -67,15 +68,34 @@ def main():
     stock(2, 3.0), phase(2, 3.0, 3.0)  # warm-up
     rows = []
 
-    # 1. overhead, same model, same steps and cfg
-    t_stock, t_phase = [], []
+    # 1. overhead, same model, same steps and cfg. Wall clock, and the time spent outside the model's forward
+    # (a model wrapper adds up the forwards), which machine load hardly disturbs.
+    in_model = [0.0]
+
+    def forward_timer(apply_model, a):
+        start = time.perf_counter()
+        out = apply_model(a["input"], a["timestep"], **a["c"])
+        in_model[0] += time.perf_counter() - start
+        return out
+
+    timed_model = model.clone()
+    timed_model.set_model_unet_function_wrapper(forward_timer)
+    t_stock, t_phase, out_stock, out_phase = [], [], [], []
     for _ in range(repeats):
-        t_stock.append(timed(lambda: stock(10, 3.0))[0])
-        t_phase.append(timed(lambda: phase(10, 3.0, 3.0))[0])
+        in_model[0] = 0.0
+        t_stock.append(timed(lambda: stock(10, 3.0, timed_model))[0])
+        out_stock.append(t_stock[-1] - in_model[0])
+        in_model[0] = 0.0
+        t_phase.append(timed(lambda: phase(10, 3.0, 3.0, timed_model, timed_model))[0])
+        out_phase.append(t_phase[-1] - in_model[0])
     step_ms = statistics.median(t_stock) / 10 * 1000
-    rows.append(("overhead: GlancePhaseKSampler / KSampler (same model, 10 steps, cfg 3)",
+    rows.append(("overhead: GlancePhaseKSampler / KSampler (same model, 10 steps, cfg 3), wall clock",
                  f"{statistics.median(t_phase) / statistics.median(t_stock):.3f}x",
                  f"{statistics.median(t_phase):.3f} s vs {statistics.median(t_stock):.3f} s"))
+    extra = statistics.median(out_phase) - statistics.median(out_stock)
+    rows.append(("overhead outside the model's forward (sampler + setup), per run",
+                 f"{extra * 1000:+.1f} ms", f"{extra / statistics.median(t_stock) * 100:+.2f}% of the stock run "
+                 f"({statistics.median(out_phase) * 1000:.1f} ms vs {statistics.median(out_stock) * 1000:.1f} ms)"))
 
     # 2. switch cost with LoRAs on every linear layer of the transformer blocks
     modules = [m for m in gm.linear_modules(model) if "blocks" in m]
@@ -107,7 +127,8 @@ def main():
                  f"{statistics.median(t10):.3f} s vs {statistics.median(t50):.3f} s"))
 
     print(f"\nModel: Flux-architecture transformer, hidden {hidden}, 4+4 blocks, {params / 1e6:.1f}M params, "
-          f"latent {latent_px}x{latent_px}, CPU ({torch.get_num_threads()} threads), {repeats} interleaved repeats, medians.")
+          f"latent {latent_px}x{latent_px}, CPU ({torch.get_num_threads()} threads), {repeats} interleaved repeats, medians; "
+          f"load average {os.getloadavg()[0]:.1f} at the end.")
     print(f"Command: python benchmarks/bench_phase_sampler.py{' --quick' if args.quick else ''}\n")
     print("| measurement | result | detail |\n|---|---|---|")
     for row in rows:
