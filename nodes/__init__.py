@@ -2,5 +2,6 @@
 from .lora_loader import GlanceLoraLoader
 from .phase_sampler import GlancePhaseKSampler
 from .sigmas_node import GlanceSigmas
+from .train_node import GlanceTrainLoRA
 
-NODE_LIST = [GlancePhaseKSampler, GlanceSigmas, GlanceLoraLoader]
+NODE_LIST = [GlancePhaseKSampler, GlanceSigmas, GlanceLoraLoader, GlanceTrainLoRA]

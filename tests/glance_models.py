@@ -113,3 +113,31 @@ def save_lora(sd: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(sd, str(path))
     return path
+
+
+def make_tiny_vae(seed: int = 0, latent_channels: int = 16):
+    """A real comfy.sd.VAE (the host's TAESD architecture, 16-ch latents, /8) with seeded random weights."""
+    import comfy.sd
+    import comfy.taesd.taesd
+
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=latent_channels)
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in taesd.state_dict().items():
+        if k in ("vae_scale", "vae_shift"):
+            sd[k] = torch.tensor(1.0 if k == "vae_scale" else 0.0)
+        elif v.ndim > 1:  # conv weights: fan-in scaled so activations stay O(1)
+            fan_in = v[0].numel()
+            sd[k] = torch.randn(v.shape, generator=gen) * (1.0 / fan_in) ** 0.5
+        else:
+            sd[k] = torch.zeros(v.shape)
+    return comfy.sd.VAE(sd=sd)
+
+
+def sample_image(size: int = 64):
+    """A real photo (scikit-image's astronaut), as a ComfyUI IMAGE [1,size,size,3] in 0..1."""
+    import numpy as np
+    from skimage import data
+
+    img = torch.from_numpy(np.asarray(data.astronaut(), dtype=np.float32) / 255.0)[None]
+    return torch.nn.functional.interpolate(img.movedim(-1, 1), size=(size, size), mode="area").movedim(1, -1)

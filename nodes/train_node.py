@@ -1,0 +1,137 @@
+"""GlanceTrainLoRA: train a Slow- or Fast-LoRA from one image and its caption, save it into models/loras."""
+from __future__ import annotations
+
+import logging
+
+import comfy.utils
+import torch
+from comfy_api.latest import io, ui
+
+from ..training.data import check_conditioning, encode_latent, prepare_image
+from ..training.lora_file import build_metadata, comfy_lora_state_dict, resolve_save_path, save_atomic
+from ..training.loop import TrainSettings, train_lora
+from ..training.loss_plot import plot_loss
+from ..training.recipes import PHASES, detect_recipe, phase_timesteps, timesteps_to_sigmas
+from .lora_patches import lora_patches
+
+log = logging.getLogger(__name__)
+AUTO = -1
+
+
+def _pick(value, default, name: str, allow_zero: bool = False):
+    """The input's value, or the architecture's default for -1; errors for other non-positive values."""
+    if value == AUTO:
+        return default
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}: {value} is not valid; give a positive value, or -1 for the architecture's default ({default}).")
+    return value
+
+
+class GlanceTrainLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GlanceTrainLoRA",
+            display_name="Glance Train LoRA (one image)",
+            category="training/glance",
+            description=(
+                "Trains a Glance Slow-LoRA (phase 'slow': the first, high-noise steps) or Fast-LoRA (phase 'fast') "
+                "from ONE image and its caption, as in the paper: a few timesteps of the model's schedule, "
+                "flow-matching velocity loss, about 60 steps. Saves it into models/loras and returns the model with "
+                "the LoRA applied. Supports Qwen-Image, FLUX.1, SD3 and other flow-matching models."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The base flow-matching model (Qwen-Image, FLUX.1, SD3...). It is never modified."),
+                io.Vae.Input("vae", tooltip="The model's VAE; the image is encoded once."),
+                io.Image.Input("image", tooltip="ONE training image (RGB; grayscale is repeated to RGB, alpha dropped)."),
+                io.Conditioning.Input("positive", tooltip="The image's caption, encoded with the model's text encoder."),
+                io.Combo.Input("phase", options=list(PHASES), default="slow",
+                               tooltip="slow: the paper's 5 early timesteps; fast: its 5 late ones; custom: the 'timesteps' below."),
+                io.String.Input("timesteps", default="", multiline=False,
+                                tooltip="custom phase only: comma-separated t in (0, 1000], t = 1000 * sigma (shift already applied)."),
+                io.Int.Input("rank", default=AUTO, min=AUTO, max=512,
+                             tooltip="LoRA rank; -1: the architecture's default (Qwen-Image 32, FLUX/SD3 16)."),
+                io.Float.Input("alpha", default=AUTO, min=AUTO, max=4096.0, step=1.0,
+                               tooltip="LoRA alpha (scale alpha/rank, saved in the file); -1: default (Qwen-Image 128, FLUX/SD3 64)."),
+                io.Float.Input("learning_rate", default=AUTO, min=AUTO, max=1.0, step=0.00001, round=0.0000001,
+                               tooltip="AdamW learning rate, constant; -1: default (Qwen-Image 3e-4, FLUX/SD3 5e-4)."),
+                io.Int.Input("steps", default=AUTO, min=AUTO, max=100000, tooltip="Optimiser steps; -1: the paper's 60."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seeds LoRA init, timestep choice, noise and caption dropout: same seed, same LoRA."),
+                io.Float.Input("caption_dropout", default=0.1, min=0.0, max=1.0, step=0.01,
+                               tooltip="Chance per step to train with an all-zero caption (paper: 0.1)."),
+                io.Boolean.Input("gradient_checkpointing", default=True,
+                                 tooltip="Recompute each block's activations in the backward pass: much less memory, somewhat slower. "
+                                         "FLUX always uses it (its blocks update tensors in place)."),
+                io.String.Input("save_name", default="glance/glance_slow_lora",
+                                tooltip="File name inside models/loras (subfolders allowed, .safetensors added); never overwrites."),
+                io.Int.Input("resolution", default=1024, min=64, max=4096, step=32,
+                             tooltip="Long side of the training image in pixels (paper: 1024); sides are floored to multiples of 32."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The base model with the trained LoRA applied (as LoraLoaderModelOnly would)."),
+                io.String.Output(display_name="lora_name", tooltip="The saved file's name in models/loras."),
+                io.Image.Output(display_name="loss_plot", tooltip="The training loss per step (also previewed on the node)."),
+            ],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, vae, image, positive, phase, timesteps, rank, alpha, learning_rate, steps, seed,
+                caption_dropout, gradient_checkpointing, save_name, resolution=1024) -> io.NodeOutput:
+        recipe = detect_recipe(model)
+        rank = int(_pick(rank, recipe.rank, "rank"))
+        alpha = float(_pick(alpha, recipe.alpha, "alpha"))
+        learning_rate = float(_pick(learning_rate, recipe.learning_rate, "learning_rate"))
+        steps = int(_pick(steps, recipe.steps, "steps"))
+        if not 0.0 <= caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout: {caption_dropout} is not a probability; use 0..1 (paper: 0.1).")
+        file_name, path = resolve_save_path(save_name)
+        model_sampling = model.get_model_object("model_sampling")
+        ts = phase_timesteps(recipe, model_sampling, phase, timesteps)
+        sigmas = timesteps_to_sigmas(ts, model_sampling)
+        check_conditioning(positive, model, recipe)
+
+        checkpointing = gradient_checkpointing
+        if recipe.inplace_blocks and not checkpointing:
+            log.warning("Glance trainer: %s blocks update tensors in place, which autograd can only differentiate "
+                        "with gradient checkpointing; it was turned on.", recipe.arch)
+            checkpointing = True
+        with torch.no_grad():
+            pixels = prepare_image(image, resolution, recipe.multiple)
+            latent = encode_latent(vae, pixels, model)
+        if recipe.guidance is not None:
+            positive = [[c, {**extras, "guidance": recipe.guidance}] for c, extras in positive]
+
+        settings = TrainSettings(
+            sigmas=sigmas, target_modules=recipe.target_modules, rank=rank, alpha=alpha, learning_rate=learning_rate,
+            steps=steps, seed=seed, caption_dropout=caption_dropout, gradient_checkpointing=checkpointing,
+            block_lists=recipe.block_lists, weight_decay=recipe.weight_decay,
+        )
+        bar = comfy.utils.ProgressBar(steps, node_id=cls.hidden.unique_id if cls.hidden else None)
+
+        def on_step(step, loss, sigma):
+            bar.update_absolute(step + 1, steps)
+            if step == 0 or (step + 1) % 10 == 0 or step + 1 == steps:
+                log.info("Glance trainer: step %d/%d  loss %.5f  sigma %.4f", step + 1, steps, loss, sigma)
+
+        log.info("Glance trainer: %s, phase %s, t=%s, %dx%d px, rank %d alpha %g lr %g, %d steps",
+                 recipe.arch, phase, list(ts), pixels.shape[2], pixels.shape[1], rank, alpha, learning_rate, steps)
+        result = train_lora(model, latent, positive, settings, recipe.arch, on_step)
+
+        lora_sd = comfy_lora_state_dict(result.adapters, alpha)
+        metadata = build_metadata(
+            base_model=recipe.arch, model_class=type(model.model).__name__, phase=phase, timesteps=list(ts),
+            sigmas=list(sigmas), rank=rank, alpha=alpha, steps=steps, learning_rate=learning_rate, seed=seed,
+            caption_dropout=caption_dropout, target_modules=list(recipe.target_modules),
+            resolution=[int(pixels.shape[2]), int(pixels.shape[1])], optimizer=result.optimizer,
+            final_loss=result.losses[-1] if result.losses else None,
+        )
+        save_atomic(lora_sd, path, metadata)
+        log.info("Glance trainer: saved %s (%d modules)", file_name, len(result.adapters))
+
+        patched = model.clone()
+        patched.add_patches(lora_patches(model, lora_sd, f"trained LoRA '{file_name}'"), 1.0)
+        plot = plot_loss(result.losses, f"{recipe.arch} {phase}-LoRA loss")
+        return io.NodeOutput(patched, file_name, plot, ui=ui.PreviewImage(plot, cls=cls))

@@ -1,0 +1,100 @@
+"""The training image: checks, the paper's resize, and one VAE encode to the latent the model trains on."""
+from __future__ import annotations
+
+import logging
+
+import comfy.utils
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def prepare_image(image: torch.Tensor, resolution: int, multiple: int) -> torch.Tensor:
+    """ComfyUI IMAGE [1,H,W,C] (0..1) -> RGB [1,h,w,3], long side ``resolution``, sides floored to ``multiple``.
+
+    Grayscale is repeated to RGB and an alpha channel dropped, each with a log line; anything else that is not
+    one usable image is refused with an error naming the ``image`` input.
+    """
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        raise ValueError("image: expected a ComfyUI IMAGE (a [batch, height, width, channels] tensor); connect a Load Image node.")
+    batch, height, width, channels = image.shape
+    if batch == 0 or height == 0 or width == 0:
+        raise ValueError(f"image: the image is empty (shape {tuple(image.shape)}); connect a real image.")
+    if batch > 1:
+        raise ValueError(
+            f"image: got a batch of {batch} images; Glance trains on ONE image. Pick one with 'Image From Batch'."
+        )
+    if channels in (1, 2):
+        log.info("Glance trainer: grayscale image, repeated to RGB%s.", " (alpha dropped)" if channels == 2 else "")
+        image = image[..., :1].expand(-1, -1, -1, 3)
+    elif channels == 4:
+        log.info("Glance trainer: RGBA image, alpha channel dropped (the model trains on RGB).")
+        image = image[..., :3]
+    elif channels != 3:
+        raise ValueError(f"image: {channels} channels per pixel; expected RGB (3), RGBA (4) or grayscale (1).")
+    image = image.float()
+    if not torch.isfinite(image).all():
+        raise ValueError("image: contains NaN or infinite values; re-load the image.")
+    image = image.clamp(0.0, 1.0)
+
+    scale = resolution / max(height, width)
+    new_w = int(width * scale) // multiple * multiple
+    new_h = int(height * scale) // multiple * multiple
+    if new_w < multiple or new_h < multiple:
+        raise ValueError(
+            f"image: {width}x{height} is too thin: with the long side at {resolution} px the short side is under "
+            f"{multiple} px. Crop it to a less extreme aspect ratio or raise 'resolution'."
+        )
+    # Center-crop to the target aspect ratio, then resize (the paper: long side 1024, floored to 32).
+    pixels = comfy.utils.common_upscale(image.movedim(-1, 1), new_w, new_h, "bicubic", "center")
+    return pixels.movedim(1, -1).clamp(0.0, 1.0).contiguous()
+
+
+def encode_latent(vae, pixels: torch.Tensor, model) -> torch.Tensor:
+    """Encode once; the latent in the layout the model samples (5-D [B,C,1,h,w] for Qwen-Image, else 4-D)."""
+    latent = vae.encode(pixels)
+    expected = model.model.latent_format.latent_channels
+    if latent.shape[1] != expected:
+        raise ValueError(
+            f"vae: this VAE makes {latent.shape[1]}-channel latents but the model expects {expected}; "
+            "connect the VAE that belongs to the model."
+        )
+    wants_5d = _model_wants_video_latent(model)
+    if wants_5d and latent.ndim == 4:
+        latent = latent.unsqueeze(2)
+    elif not wants_5d and latent.ndim == 5:
+        if latent.shape[2] != 1:
+            raise ValueError("vae: this VAE made a multi-frame latent; connect an image VAE that belongs to the model.")
+        latent = latent.squeeze(2)
+    return latent.float().clone()
+
+
+def _model_wants_video_latent(model) -> bool:
+    import comfy.model_base
+
+    return isinstance(model.model, comfy.model_base.QwenImage)
+
+
+def check_conditioning(positive, patcher, recipe) -> None:
+    """A clear error when ``positive`` is not a caption encoded for this model's text encoder."""
+    if not isinstance(positive, (list, tuple)) or not positive or not isinstance(positive[0], (list, tuple)):
+        raise ValueError("positive: expected CONDITIONING (from CLIP Text Encode with the model's text encoder).")
+    cond, extras = positive[0][0], positive[0][1]
+    if not isinstance(cond, torch.Tensor) or cond.ndim != 3 or cond.shape[1] == 0:
+        raise ValueError("positive: the conditioning holds no caption embedding; encode the caption with CLIP Text Encode.")
+    dm = patcher.model.diffusion_model
+    hint = f"encode the caption with the text encoder that belongs to this {recipe.arch} model."
+    if recipe.context_module:
+        width = dm.get_submodule(recipe.context_module).in_features
+        if cond.shape[-1] != width:
+            raise ValueError(f"positive: caption embedding width {cond.shape[-1]} does not fit this {recipe.arch} model "
+                             f"(it takes {width}): the caption was encoded for another model; {hint}")
+    if recipe.pooled_module:
+        pooled = extras.get("pooled_output")
+        width = dm.get_submodule(recipe.pooled_module).in_features
+        if not isinstance(pooled, torch.Tensor):
+            raise ValueError(f"positive: this {recipe.arch} model needs a pooled caption embedding (pooled_output), "
+                             f"and the conditioning has none; {hint}")
+        if pooled.shape[-1] != width:
+            raise ValueError(f"positive: pooled embedding width {pooled.shape[-1]} does not fit this {recipe.arch} model "
+                             f"(it takes {width}); {hint}")

@@ -1,0 +1,96 @@
+"""The saved LoRA: ComfyUI's own key format, metadata, and an atomic write that never escapes models/loras.
+
+Keys: ``diffusion_model.<native module>.lora_down.weight`` [rank, in], ``.lora_up.weight`` [out, rank] and
+``.alpha`` (scalar); the weight delta is ``up @ down * alpha / rank``. The stock LoraLoader /
+LoraLoaderModelOnly and GlanceLoraLoader read this for every architecture.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import folder_paths
+import safetensors.torch
+import torch
+
+PREFIX = "diffusion_model."
+SUFFIX = ".safetensors"
+
+
+def pack_version() -> str:
+    text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+    return match.group(1) if match else "unknown"
+
+
+def loras_dir() -> Path:
+    return Path(folder_paths.get_folder_paths("loras")[0])
+
+
+def resolve_save_path(save_name: str) -> tuple[str, Path]:
+    """(relative name with .safetensors, absolute path inside models/loras); refuses escapes and existing files."""
+    name = (save_name or "").strip().replace("\\", "/")
+    if not name or name.endswith("/"):
+        raise ValueError("save_name: give a file name, e.g. 'glance/my_slow_lora'.")
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(save_name.strip()).is_absolute() or re.match(r"^[A-Za-z]:", name):
+        raise ValueError(f"save_name: '{save_name}' is an absolute path; give a name relative to models/loras.")
+    parts = PurePosixPath(name).parts
+    if any(p in ("..", ".") for p in parts):
+        raise ValueError(f"save_name: '{save_name}' contains '..' or '.'; the file must stay inside models/loras.")
+    if not name.endswith(SUFFIX):
+        name += SUFFIX
+    root = loras_dir().resolve()
+    path = (root / name).resolve()
+    if root not in path.parents:
+        raise ValueError(f"save_name: '{save_name}' resolves outside models/loras.")
+    if path.exists():
+        raise FileExistsError(
+            f"save_name: '{name}' already exists in models/loras; pick another name or delete the old file first."
+        )
+    return name, path
+
+
+def comfy_lora_state_dict(adapters: dict, alpha: float, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
+    """{module name: (down [r,in], up [out,r])} -> the host's key format, on CPU in ``dtype``."""
+    sd = {}
+    for name, (down, up) in adapters.items():
+        key = PREFIX + name
+        sd[key + ".lora_down.weight"] = down.detach().to("cpu", dtype).contiguous()
+        sd[key + ".lora_up.weight"] = up.detach().to("cpu", dtype).contiguous()
+        sd[key + ".alpha"] = torch.tensor(float(alpha))
+    return sd
+
+
+def build_metadata(**fields) -> dict[str, str]:
+    """safetensors metadata (strings only) under the ``glance.`` namespace, plus kohya-style rank/alpha."""
+    meta = {"glance.pack_version": pack_version(), "glance.key_format": "diffusion_model.<module>.lora_up/lora_down/alpha"}
+    for key, value in fields.items():
+        meta[f"glance.{key}"] = value if isinstance(value, str) else json.dumps(value)
+    if "rank" in fields:
+        meta["ss_network_dim"] = str(fields["rank"])
+    if "alpha" in fields:
+        meta["ss_network_alpha"] = str(fields["alpha"])
+    return meta
+
+
+def save_atomic(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write to a temporary file next to ``path``, then link it into place; never overwrites."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".glance-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        safetensors.torch.save_file(sd, tmp, metadata=metadata)
+        try:
+            os.link(tmp, path)  # fails if the name appeared meanwhile: no silent overwrite
+        except FileExistsError:
+            raise FileExistsError(f"save_name: '{path.name}' appeared in models/loras while training; nothing overwritten.") from None
+        except OSError:
+            if path.exists():
+                raise FileExistsError(f"save_name: '{path.name}' already exists; nothing overwritten.") from None
+            os.replace(tmp, path)  # filesystems without hard links
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
