@@ -13,6 +13,10 @@ from .phase_sampling import sample_phases
 from .schedules import validate_switch_sigma
 
 
+SWITCH_SIGMA_MAX = 1000.0
+STEPS_MAX = 10000
+
+
 def _check_inputs(steps, switch_sigma, cfg_slow, cfg_fast, latent, sigmas):
     validate_switch_sigma(switch_sigma)
     for name, value in (("cfg_slow", cfg_slow), ("cfg_fast", cfg_fast)):
@@ -60,9 +64,9 @@ class GlancePhaseKSampler(io.ComfyNode):
                 io.Latent.Input("latent_image", tooltip="The latent to denoise (an empty latent for text-to-image)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the initial noise (and of ancestral/SDE noise)."),
-                io.Int.Input("steps", default=10, min=1, max=10000,
+                io.Int.Input("steps", default=10, min=1, max=STEPS_MAX,
                              tooltip="Total steps when no sigmas are connected; the scheduler spreads them over the model's sigma range."),
-                io.Float.Input("switch_sigma", default=0.9, min=0.0, max=1000.0, step=0.001, round=0.0001,
+                io.Float.Input("switch_sigma", default=0.9, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
                                tooltip="Steps starting above this sigma use model_slow, the rest model_fast. Flow models run "
                                        "from sigma 1 to 0; the Glance presets switch near 0.9. Outside the schedule, one phase runs alone."),
                 io.Float.Input("cfg_slow", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
@@ -82,11 +86,18 @@ class GlancePhaseKSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, switch_sigma=None, steps=None, **kwargs):
-        if switch_sigma is not None and (not isinstance(switch_sigma, (int, float)) or not math.isfinite(switch_sigma) or switch_sigma < 0):
-            return f"switch_sigma={switch_sigma!r} is not a valid sigma: use a finite value >= 0 (the Glance presets switch near 0.9)."
-        if steps is not None and steps < 1:
-            return f"steps={steps}: use at least 1 step."
+    def validate_inputs(cls, switch_sigma=None, steps=None):
+        # Taking an input here turns off the host's own min/max check for it, so these check the range too.
+        # A linked input arrives as None and is checked in execute().
+        if switch_sigma is not None:
+            try:
+                validate_switch_sigma(switch_sigma)
+            except ValueError as e:
+                return str(e)
+            if switch_sigma > SWITCH_SIGMA_MAX:
+                return f"switch_sigma={switch_sigma!r} is above {SWITCH_SIGMA_MAX:g}; flow models run from sigma 1 to 0."
+        if steps is not None and not 1 <= steps <= STEPS_MAX:
+            return f"steps={steps}: use 1 to {STEPS_MAX} steps."
         return True
 
     @classmethod

@@ -8,6 +8,7 @@ from .schedules import PRESET_NAMES, PRESETS, SPLIT, preset_sigmas, split_sigmas
 from .sigma_plot import plot_sigmas
 
 DENSE_STEPS = 1000
+SWITCH_SIGMA_MAX = 1000.0
 
 
 class GlanceSigmas(io.ComfyNode):
@@ -30,7 +31,7 @@ class GlanceSigmas(io.ComfyNode):
                              tooltip="Split mode: dense steps above switch_sigma (semantics)."),
                 io.Int.Input("steps_fast", default=5, min=1, max=1000,
                              tooltip="Split mode: large steps below switch_sigma (detail)."),
-                io.Float.Input("switch_sigma", default=0.9, min=0.0, max=1000.0, step=0.001, round=0.0001,
+                io.Float.Input("switch_sigma", default=0.9, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
                                tooltip="Split mode: the sigma where the slow phase ends. Presets bring their own."),
                 io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
                                tooltip="Split mode: the scheduler whose curve the steps follow."),
@@ -43,12 +44,15 @@ class GlanceSigmas(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, switch_sigma=None, **kwargs):
-        try:
-            if switch_sigma is not None:
+    def validate_inputs(cls, switch_sigma=None):
+        # Taking switch_sigma here turns off the host's min/max check for it: check the range here (NaN included).
+        if switch_sigma is not None:
+            try:
                 validate_switch_sigma(switch_sigma)
-        except ValueError as e:
-            return str(e)
+            except ValueError as e:
+                return str(e)
+            if switch_sigma > SWITCH_SIGMA_MAX:
+                return f"switch_sigma={switch_sigma!r} is above {SWITCH_SIGMA_MAX:g}; flow models run from sigma 1 to 0."
         return True
 
     @classmethod
