@@ -37,6 +37,15 @@ class GlanceLoraLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, slow_lora=None, fast_lora=None):
+        # The host does not check V3 combo values against their options: an unknown file must still be a node error.
+        available = set(folder_paths.get_filename_list("loras"))
+        for name, value in (("slow_lora", slow_lora), ("fast_lora", fast_lora)):
+            if value is not None and value != NONE and value not in available:
+                return f"{name}: '{value}' is not in models/loras; put the file there (then refresh the page) or pick another LoRA."
+        return True
+
+    @classmethod
     def execute(cls, model, slow_lora, strength_slow, fast_lora, strength_fast) -> io.NodeOutput:
         slow = model.clone() if slow_lora == NONE or strength_slow == 0 else apply_lora_file(model, "slow_lora", slow_lora, strength_slow)
         fast = model.clone() if fast_lora == NONE or strength_fast == 0 else apply_lora_file(model, "fast_lora", fast_lora, strength_fast)

@@ -1,0 +1,1 @@
+"""Command-line helpers of the pack (run from the repository root as ``python -m cli.<module>``)."""

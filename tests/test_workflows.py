@@ -1,0 +1,89 @@
+"""The shipped workflows on a live ComfyUI: UI graphs convert to their API twins, API twins validate, and run."""
+import uuid
+
+import glance_server as gs
+import pytest
+from glance_server import kit_files, kit_prompt, live  # noqa: F401  (fixtures: one live server, kit files)
+
+pytestmark = [pytest.mark.host, pytest.mark.server]
+
+# Workflows whose every model file has a small stand-in of the same loader structure (UNETLoader, CLIPLoader,
+# VAELoader): they run end to end on the demo kit. glance_flux_dev needs DualCLIPLoader(type flux) with T5-XXL,
+# which has no small form: it is validated only.
+RUNS = ["glance_qwen_image", "glance_train_and_sample", "stock_two_sampler_baseline"]
+
+
+def test_every_workflow_has_twin_and_preview():
+    assert set(gs.WORKFLOW_NAMES) == {"glance_qwen_image", "glance_flux_dev", "glance_train_and_sample",
+                                      "stock_two_sampler_baseline"}
+    for name in gs.WORKFLOW_NAMES:
+        assert (gs.WORKFLOWS / "api" / f"{name}.json").is_file(), f"{name}: no API twin"
+        previews = [p for ext in ("png", "jpg") for p in [gs.WORKFLOWS / f"{name}.{ext}"] if p.is_file()]
+        assert previews, f"{name}: no preview image beside it"
+
+
+@pytest.mark.parametrize("name", gs.WORKFLOW_NAMES)
+def test_ui_converts_to_its_api_twin(live, name):
+    ui, api = gs.load(name)
+    assert gs.ui_to_api(ui, live.object_info()) == api
+
+
+def test_converter_catches_a_moved_widget_value(live):
+    ui, api = gs.load("glance_qwen_image")
+    sampler = next(n for n in ui["nodes"] if n["type"] == "GlancePhaseKSampler")
+    values = sampler["widgets_values"]
+    values[4], values[6] = values[6], values[4]  # cfg_slow <-> sampler_name
+    assert gs.ui_to_api(ui, live.object_info()) != api
+    del values[1]  # the seed's control value
+    with pytest.raises(AssertionError, match="after .seed. is not a control value"):
+        gs.ui_to_api(ui, live.object_info())
+
+
+def test_converter_catches_a_renamed_node_type(live):
+    ui, _ = gs.load("glance_qwen_image")
+    next(n for n in ui["nodes"] if n["type"] == "GlanceSigmas")["type"] = "GlanceSigmasRenamed"
+    with pytest.raises(AssertionError, match="type GlanceSigmasRenamed is missing on the server"):
+        gs.ui_to_api(ui, live.object_info())
+
+
+@pytest.fixture(scope="module")
+def shipped_files(live):
+    """Stand-ins under every shipped model name, and the Load Image default, so /prompt can validate as shipped."""
+    files = {}
+    for name in gs.WORKFLOW_NAMES:
+        files.update(gs.file_inputs(gs.load(name)[1]))
+    gs.write_placeholders(live.base_dir, files)
+    gs.write_digit_png(live.base_dir / "input" / "example.png")
+    return files
+
+
+@pytest.mark.parametrize("name", gs.WORKFLOW_NAMES)
+def test_api_twin_validates_as_shipped(live, shipped_files, name):
+    """Every input, link type and value against the live /object_info, then the server's own validation."""
+    api = gs.load(name)[1]
+    assert gs.check_against_object_info(api, live.object_info()) == []
+    # POST /prompt validates the whole graph; the stand-in files then fail to load at the first loader.
+    api = gs.apply_overrides(api, {f"{n['_meta']['title']}.save_name": f"glance_test/{uuid.uuid4().hex}"
+                                   for n in api.values() if n["class_type"] == "GlanceTrainLoRA"})
+    prompt_id = live.client.queue(api)
+    with pytest.raises(gs.PromptError) as failure:
+        live.client.wait(prompt_id, timeout=120)
+    assert failure.value.error.get("node_type") in {"UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader"}, failure.value
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_runs_to_success_on_the_small_kit(live, kit_files, name):
+    prompt = kit_prompt(name, kit_files)
+    assert gs.check_against_object_info(prompt, live.object_info()) == []
+    entry = live.client.run(prompt, timeout=300)
+    assert entry["status"]["status_str"] == "success"
+    save = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage")
+    pixels = gs.image_pixels(live.client, entry, save)
+    assert pixels.shape == (gs.model_kit.IMAGE_SIZE, gs.model_kit.IMAGE_SIZE, 3)
+    assert pixels.std() > 1.0, "the decoded image is flat"
+    if name == "glance_train_and_sample":
+        for node_id, node in prompt.items():
+            if node["class_type"] == "GlanceTrainLoRA":
+                saved = live.models / "loras" / (node["inputs"]["save_name"] + ".safetensors")
+                assert saved.is_file(), f"{node['_meta']['title']} saved nothing"
+                assert entry["outputs"][node_id]["images"], "no loss plot"
