@@ -1,0 +1,233 @@
+"""Drive the real ComfyUI frontend (the host's ``comfyui-frontend-package``) in headless Chromium.
+
+Debian's ``chromium`` is launched by Playwright through its own executable (no browser download). ``Frontend``
+opens the page of a live server, drops workflow files on it the way a user does, reads back what the page made
+of them (missing node types, the pack's inputs and tooltips, ``app.graphToPrompt()``) and clicks its Run button.
+``compare_prompts`` matches the frontend's prompt to an API twin node by node (ids may differ).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+PACK_MODULE = "custom_nodes.comfyui-glance"
+# Playwright adds --headless and a fresh temporary --user-data-dir itself.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1920, "height": 1200}
+
+
+def find_chromium() -> str | None:
+    """``GLANCE_CHROMIUM`` when set, else Debian's ``/usr/bin/chromium``, else ``chromium`` on PATH."""
+    env = os.environ.get("GLANCE_CHROMIUM")
+    for candidate in ([env] if env else ["/usr/bin/chromium", shutil.which("chromium")]):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def skip_reason() -> str | None:
+    """One line saying why the browser tests cannot run here, or None."""
+    if find_chromium() is None:
+        return "browser tests skipped: Chromium not found (apt-get install chromium, or set GLANCE_CHROMIUM to its executable)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "browser tests skipped: Playwright's Python driver is missing (pip install playwright)"
+    return None
+
+
+# --- in-page scripts (frontend 1.27: window.app, window.LiteGraph) ----------------------------------------
+
+_DROP = """async ([text, name]) => {
+  const dt = new DataTransfer();
+  dt.items.add(new File([text], name, {type: 'application/json'}));
+  const ev = new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true});
+  document.dispatchEvent(ev);
+}"""
+
+_ACTIVE = "() => (window.app.extensionManager.workflow.activeWorkflow || {}).path || ''"
+
+# Loaded: the drop opened a new workflow tab (each drop does, "name (2)" for a repeat) holding the file's nodes.
+_LOADED = """([ids, before]) => {
+  const active = (window.app.extensionManager.workflow.activeWorkflow || {}).path || '';
+  const have = window.app.graph.nodes.map(n => n.id).sort((a, b) => a - b).join(',');
+  return active !== before && have === ids;
+}"""
+
+_STATE = """(types) => {
+  if (!types) types = [...new Set(window.app.graph.nodes.map(n => n.type))];
+  const registered = window.LiteGraph.registered_node_types;
+  const dialogs = Array.from(document.querySelectorAll('.p-dialog')).filter(d => d.offsetParent !== null)
+    .map(d => d.innerText.replace(/\\s+/g, ' ').slice(0, 300));
+  const toasts = Array.from(document.querySelectorAll('.p-toast-message-error, .p-toast-message-warn'))
+    .map(t => t.innerText.replace(/\\s+/g, ' ').slice(0, 300));
+  const nodes = window.app.graph.nodes.map(n => {
+    const def = n.constructor.nodeData;
+    const inputs = [];
+    if (def && def.python_module === '%s') {
+      for (const section of ['required', 'optional']) {
+        for (const [name, spec] of Object.entries((def.input || {})[section] || {})) {
+          const opts = spec[1] || {};
+          inputs.push({name, tooltip: opts.tooltip || '',
+                       slot: (n.inputs || []).some(i => i.name === name),
+                       widget: (n.widgets || []).some(w => w.name === name)});
+        }
+      }
+    }
+    return {id: n.id, type: n.type, has_errors: !!n.has_errors, registered: n.type in registered,
+            pack: !!def && def.python_module === '%s', inputs};
+  });
+  return {nodes, dialogs, toasts, unregistered: types.filter(t => !(t in registered))};
+}""" % (PACK_MODULE, PACK_MODULE)
+
+_WIDGETS = """(values) => {
+  const missing = [];
+  for (const [id, name, value] of values) {
+    const node = window.app.graph.getNodeById(Number(id));
+    const widget = node && (node.widgets || []).find(w => w.name === name);
+    if (!widget) { missing.push(id + '.' + name); continue; }
+    widget.value = value;
+    if (widget.callback) widget.callback(value);
+  }
+  window.app.graph.setDirtyCanvas(true, true);
+  return missing;
+}"""
+
+
+class Frontend:
+    """One headless Chromium with the frontend of ``url`` open (``with Frontend(url) as fe: ...``)."""
+
+    def __init__(self, url: str, chromium: str | None = None):
+        self.url = url
+        self.chromium = chromium or find_chromium()
+
+    def __enter__(self) -> "Frontend":
+        from playwright.sync_api import sync_playwright
+
+        self._pw = sync_playwright().start()
+        try:
+            self.browser = self._pw.chromium.launch(executable_path=self.chromium, headless=True, args=FLAGS)
+            self.page = self.browser.new_page(viewport=VIEWPORT)
+            self.page.goto(self.url)
+            self.page.wait_for_function("window.app && window.app.graph && window.LiteGraph && "
+                                        "Object.keys(window.LiteGraph.registered_node_types).length > 0",
+                                        timeout=60_000)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        browser = getattr(self, "browser", None)
+        if browser is not None:
+            browser.close()
+        self._pw.stop()
+
+    def drop(self, path: Path, graph: dict | None = None) -> dict:
+        """Drop a UI workflow file on the page (as the user does); returns what the page shows (``_STATE``)."""
+        text = path.read_text() if graph is None else json.dumps(graph)
+        graph = json.loads(text)
+        ids = ",".join(str(i) for i in sorted(n["id"] for n in graph["nodes"]))
+        before = self.page.evaluate(_ACTIVE)
+        self.page.evaluate(_DROP, [text, path.name])
+        self.page.wait_for_function(_LOADED, arg=[ids, before], timeout=30_000)
+        self.page.evaluate("() => window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+        self.page.wait_for_timeout(300)  # dialogs and toasts of the load appear within a frame or two
+        return self.page.evaluate(_STATE, sorted({n["type"] for n in graph["nodes"]}))
+
+    def state(self) -> dict:
+        """What the page shows for the open graph (node types, errors, dialogs, toasts, the pack's inputs)."""
+        return self.page.evaluate(_STATE, None)
+
+    def dismiss_dialogs(self) -> None:
+        """Close open dialogs (Escape, as a user does) so that the next drop starts clean."""
+        for _ in range(3):
+            if not self.page.evaluate("() => Array.from(document.querySelectorAll('.p-dialog'))"
+                                      ".some(d => d.offsetParent !== null)"):
+                return
+            self.page.keyboard.press("Escape")
+            self.page.wait_for_timeout(200)
+
+    def wait_for_images(self, node_id, timeout_ms: int = 30_000) -> None:
+        """Wait until the page shows the images a node output (its executed message reached the page)."""
+        self.page.wait_for_function(
+            "(id) => { const n = window.app.graph.getNodeById(Number(id)); return !!(n && n.imgs && n.imgs.length); }",
+            arg=str(node_id), timeout=timeout_ms)
+
+    def graph_to_prompt(self) -> dict:
+        """The frontend's own conversion of the open graph (what the Run button sends to /prompt)."""
+        return self.page.evaluate("async () => (await window.app.graphToPrompt()).output")
+
+    def set_widgets(self, values: list[tuple[str, str, object]]) -> list[str]:
+        """Set widgets (node id, widget name, value) as a user picking values would; returns those not found."""
+        return self.page.evaluate(_WIDGETS, [list(v) for v in values])
+
+    def click_run(self) -> str:
+        """Click the Run (queue) button; returns the prompt id the server gave the page's POST /prompt."""
+        button = self.page.locator('[data-testid="queue-button"] button').first
+        with self.page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as info:
+            button.click()
+        response = info.value
+        body = response.json()
+        if response.status != 200:
+            raise AssertionError(f"POST /prompt from the page was refused ({response.status}): {body}")
+        return body["prompt_id"]
+
+    def screenshot_canvas(self, path: Path, jpeg: bool = False) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs = {"type": "jpeg", "quality": 85} if jpeg else {"type": "png"}
+        focus = "() => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode')"
+        self.page.evaluate(focus)  # the graph alone, without menus and side bars
+        try:
+            self.page.wait_for_timeout(300)
+            self.page.locator("#graph-canvas").screenshot(path=str(path), **kwargs)
+        finally:
+            self.page.evaluate(focus)
+        return path
+
+
+# --- the frontend's prompt against an API twin -------------------------------------------------------------
+
+def match_ids(front: dict, twin: dict) -> tuple[dict, list[str]]:
+    """{frontend id: twin id}, by (class_type, title) and then by order among equal keys."""
+    def key(node):
+        return node["class_type"], node.get("_meta", {}).get("title")
+
+    pool: dict = {}
+    for twin_id, node in twin.items():
+        pool.setdefault(key(node), []).append(twin_id)
+    mapping, problems = {}, []
+    for front_id, node in front.items():
+        candidates = pool.get(key(node))
+        if candidates:
+            mapping[front_id] = candidates.pop(0)
+        else:
+            problems.append(f"frontend node {front_id} ({node['class_type']}, title {key(node)[1]!r}) has no twin")
+    for (cls, title), left in pool.items():
+        problems += [f"twin node {i} ({cls}, title {title!r}) is not in the frontend's prompt" for i in left]
+    return mapping, problems
+
+
+def compare_prompts(front: dict, twin: dict) -> list[str]:
+    """Differences between the frontend's prompt and an API twin (node types, links, widget values)."""
+    mapping, problems = match_ids(front, twin)
+    for front_id, twin_id in mapping.items():
+        f_node, t_node = front[front_id], twin[twin_id]
+        where = f"node {twin_id} ({t_node['class_type']}, {t_node.get('_meta', {}).get('title')!r})"
+        f_inputs, t_inputs = f_node["inputs"], t_node["inputs"]
+        for name in sorted(set(f_inputs) | set(t_inputs)):
+            if name not in f_inputs:
+                problems.append(f"{where}: input '{name}' = {t_inputs[name]!r} in the twin, absent in the frontend's prompt")
+                continue
+            if name not in t_inputs:
+                problems.append(f"{where}: input '{name}' = {f_inputs[name]!r} in the frontend's prompt, absent in the twin")
+                continue
+            value, expected = f_inputs[name], t_inputs[name]
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                value = [mapping.get(str(value[0]), f"?{value[0]}"), value[1]]
+            if value != expected or isinstance(value, bool) != isinstance(expected, bool):
+                problems.append(f"{where}: input '{name}': frontend {value!r} != twin {expected!r}")
+    return problems
