@@ -165,7 +165,7 @@ class ComfyServer:
 
 def _torchvision_needs_op_schemas() -> bool:
     """A CUDA build of torchvision next to a CPU torch cannot register its C ops, so its import fails unless
-    the op schemas it looks up exist (only some machines have this mix). Same check as tests/glance_host.py."""
+    the op schemas it looks up exist (only some machines have this mix)."""
     spec = importlib.util.find_spec("torchvision")
     if spec is None or spec.origin is None or "torchvision" in sys.modules:
         return False
@@ -178,18 +178,27 @@ def _torchvision_needs_op_schemas() -> bool:
     return bool(match) and torch.version.cuda is None
 
 
+_schema_lib = None
+
+
+def define_torchvision_op_schemas() -> None:
+    """Define the two op schemas torchvision looks up at import, when (and only when) it needs them."""
+    global _schema_lib
+    if _schema_lib is not None or not _torchvision_needs_op_schemas():
+        return
+    import torch
+
+    _schema_lib = torch.library.Library("torchvision", "FRAGMENT")  # kept alive for the process's lifetime
+    _schema_lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _schema_lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+
+
 def _launch(host: Path, argv: list[str]) -> None:
     import runpy
 
     # A server started from a background job inherits an ignored SIGINT; stop() relies on it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    if _torchvision_needs_op_schemas():
-        import torch
-
-        lib = torch.library.Library("torchvision", "FRAGMENT")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        globals()["_schema_lib"] = lib  # keep the fragment alive for the server's lifetime
+    define_torchvision_op_schemas()
     main = host / "main.py"
     sys.argv = [str(main), *argv]
     sys.path.insert(0, str(host))

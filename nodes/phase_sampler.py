@@ -10,10 +10,9 @@ import latent_preview
 from comfy_api.latest import io
 
 from .phase_sampling import sample_phases
-from .schedules import validate_switch_sigma
+from .schedules import SWITCH_SIGMA_MAX, switch_sigma_problem, validate_switch_sigma
 
 
-SWITCH_SIGMA_MAX = 1000.0
 STEPS_MAX = 10000
 
 
@@ -89,13 +88,8 @@ class GlancePhaseKSampler(io.ComfyNode):
     def validate_inputs(cls, switch_sigma=None, steps=None):
         # Taking an input here turns off the host's own min/max check for it, so these check the range too.
         # A linked input arrives as None and is checked in execute().
-        if switch_sigma is not None:
-            try:
-                validate_switch_sigma(switch_sigma)
-            except ValueError as e:
-                return str(e)
-            if switch_sigma > SWITCH_SIGMA_MAX:
-                return f"switch_sigma={switch_sigma!r} is above {SWITCH_SIGMA_MAX:g}; flow models run from sigma 1 to 0."
+        if switch_sigma is not None and (problem := switch_sigma_problem(switch_sigma)):
+            return problem
         if steps is not None and not 1 <= steps <= STEPS_MAX:
             return f"steps={steps}: use 1 to {STEPS_MAX} steps."
         return True

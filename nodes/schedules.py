@@ -74,12 +74,23 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     return y0 + w * (y1 - y0)
 
 
-def validate_switch_sigma(switch_sigma: float, name: str = "switch_sigma") -> float:
+SWITCH_SIGMA_MAX = 1000.0
+
+
+def switch_sigma_problem(switch_sigma, name: str = "switch_sigma") -> str | None:
+    """Why ``switch_sigma`` is unusable (NaN, negative, too large), or None."""
     if switch_sigma is None or not math.isfinite(switch_sigma) or switch_sigma < 0:
-        raise ValueError(
-            f"{name}={switch_sigma!r} is not a valid sigma: use a finite value >= 0 "
-            "(flow models run from sigma 1 to 0; the Glance presets switch near 0.9)."
-        )
+        return (f"{name}={switch_sigma!r} is not a valid sigma: use a finite value >= 0 "
+                "(flow models run from sigma 1 to 0; the Glance presets switch near 0.9).")
+    if switch_sigma > SWITCH_SIGMA_MAX:
+        return f"{name}={switch_sigma!r} is above {SWITCH_SIGMA_MAX:g}; flow models run from sigma 1 to 0."
+    return None
+
+
+def validate_switch_sigma(switch_sigma: float, name: str = "switch_sigma") -> float:
+    problem = switch_sigma_problem(switch_sigma, name)
+    if problem:
+        raise ValueError(problem)
     return float(switch_sigma)
 
 

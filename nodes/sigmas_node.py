@@ -4,11 +4,11 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.latest import io, ui
 
-from .schedules import PRESET_NAMES, PRESETS, SPLIT, preset_sigmas, split_sigmas, validate_switch_sigma
+from .schedules import (PRESET_NAMES, PRESETS, SPLIT, SWITCH_SIGMA_MAX, preset_sigmas, split_sigmas,
+                        switch_sigma_problem, validate_switch_sigma)
 from .sigma_plot import plot_sigmas
 
 DENSE_STEPS = 1000
-SWITCH_SIGMA_MAX = 1000.0
 
 
 class GlanceSigmas(io.ComfyNode):
@@ -46,13 +46,8 @@ class GlanceSigmas(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, switch_sigma=None):
         # Taking switch_sigma here turns off the host's min/max check for it: check the range here (NaN included).
-        if switch_sigma is not None:
-            try:
-                validate_switch_sigma(switch_sigma)
-            except ValueError as e:
-                return str(e)
-            if switch_sigma > SWITCH_SIGMA_MAX:
-                return f"switch_sigma={switch_sigma!r} is above {SWITCH_SIGMA_MAX:g}; flow models run from sigma 1 to 0."
+        if switch_sigma is not None and (problem := switch_sigma_problem(switch_sigma)):
+            return problem
         return True
 
     @classmethod
