@@ -5,7 +5,7 @@
 ``ensure_demo_models(models_dir)`` writes, when absent:
 
 - ``diffusion_models/glance_demo_mmdit.safetensors``: an SD3-family MMDiT (hidden 128, depth 2, patch 2,
-  16 latent channels, 1.6M parameters), for UNETLoader (weight_dtype "default"). Stock SD3 sampling: shift 3.0.
+  16 latent channels, 1.9M parameters), for UNETLoader (weight_dtype "default"). Stock SD3 sampling: shift 3.0.
 - ``text_encoders/glance_demo_clip_l.safetensors``: a randomly initialised CLIP-L (ComfyUI's own config and
   tokenizer), for CLIPLoader with type "sd3" (context [1, 77, 4096], pooled [1, 2048]). Its weights come from
   a counter-based hash, so every machine and torch version builds the same file.
