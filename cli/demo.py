@@ -47,7 +47,11 @@ def digit_png(path: Path, index: int = 3) -> tuple[Path, int]:
     """One of scikit-learn's handwritten digits (a real image from a registry package) as an RGB PNG of the
     kit's image size; returns (path, the digit)."""
     from PIL import Image
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise SystemExit("The demo's training image is one of scikit-learn's digits: pip install scikit-learn "
+                         "(or give your own: --image PNG --caption TEXT).") from None
 
     digits = load_digits()
     small = (digits.images[index] / 16.0 * 255).astype("uint8")
