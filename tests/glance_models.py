@@ -48,7 +48,7 @@ def make_qwen(seed: int = 0, std: float = 0.08):
     return _patcher(sm.QwenImage, QWEN_CONFIG, seed, std)
 
 
-def sd3_state_dict(seed: int = 0, hidden: int = 128, depth: int = 2, std: float = 0.05) -> dict:
+def sd3_state_dict(seed: int = 0, hidden: int = 128, std: float = 0.05) -> dict:
     """A bare MMDiT state dict (keys as in a diffusion-model file) that the stock detector reads as SD3."""
     import comfy.supported_models as sm
 
@@ -58,9 +58,11 @@ def sd3_state_dict(seed: int = 0, hidden: int = 128, depth: int = 2, std: float 
         context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": CONTEXT_DIM, "out_features": hidden}},
         x_block_self_attn_layers=[],
     )
-    assert depth == hidden // 64, "MMDiT depth is hidden/64 for the stock detector"
     patcher = _patcher(sm.SD3, unet_config, seed, std)
-    return {k: v.contiguous() for k, v in patcher.model.diffusion_model.state_dict().items()}
+    dm = patcher.model.diffusion_model
+    with torch.no_grad():  # a buffer the host allocates with torch.empty: left alone it is whatever memory held
+        dm.pos_embed.copy_(torch.randn(dm.pos_embed.shape, generator=torch.Generator().manual_seed(seed + 1)) * std)
+    return {k: v.contiguous() for k, v in dm.state_dict().items()}
 
 
 def write_sd3_file(path: Path, seed: int = 0) -> Path:
