@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import glance_host  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' small-model builders
+sys.path.append(str(ROOT))  # `cli`; appended, so that the host's `nodes` module wins over the pack's folder
+from cli.host import pack_module, start_in_process  # noqa: E402
 
 
 def timed(fn):
@@ -40,7 +42,7 @@ def main():
 
     import tempfile
 
-    nodes = glance_host.start_in_process(Path(tempfile.mkdtemp(prefix="glance-bench-")))
+    nodes = start_in_process(Path(tempfile.mkdtemp(prefix="glance-bench-")))
     import comfy.model_management as mm
     import comfy.sd
     import glance_models as gm
@@ -54,7 +56,7 @@ def main():
     latent = gm.empty_latent(latent_px, latent_px)
     ksampler = nodes.NODE_CLASS_MAPPINGS["KSampler"]()
     glance = nodes.NODE_CLASS_MAPPINGS["GlancePhaseKSampler"]
-    sampling = glance_host.pack_module("nodes.phase_sampling")
+    sampling = pack_module("nodes.phase_sampling")
     params = sum(p.numel() for p in model.model.diffusion_model.parameters())
 
     def stock(steps, cfg, m=model):

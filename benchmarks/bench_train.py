@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import glance_host  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' small-model builders
+sys.path.append(str(ROOT))  # `cli`; appended, so that the host's `nodes` module wins over the pack's folder
+from cli.host import pack_module, start_in_process  # noqa: E402
 import glance_models as gm  # noqa: E402
 
 BENCH_FLUX = dict(gm.FLUX_CONFIG, hidden_size=128, num_heads=2, axes_dim=[16, 24, 24], depth=2, depth_single_blocks=4)
@@ -68,7 +70,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     base = Path("/tmp/glance_bench_train")
-    nodes = glance_host.start_in_process(base)
+    nodes = start_in_process(base)
     import comfy.model_management as mm
     import comfy.supported_models as sm
     import folder_paths
@@ -93,9 +95,9 @@ def main():
                               caption_dropout=0.0, gradient_checkpointing=True,
                               save_name=f"bench/run_{time.time_ns()}_{next(counter)}", resolution=args.resolution)
 
-    loop = glance_host.pack_module("training.loop")
-    recipes = glance_host.pack_module("training.recipes")
-    data = glance_host.pack_module("training.data")
+    loop = pack_module("training.loop")
+    recipes = pack_module("training.recipes")
+    data = pack_module("training.data")
     with torch.inference_mode(False):
         model_latent = data.encode_latent(vae, image, model)
     flux_positive = [[c, {**e, "guidance": 1.0}] for c, e in positive]

@@ -54,17 +54,18 @@ def ensure_demo_models(models_dir: Path, quick: bool = False) -> dict[str, Path]
         "vae": models_dir / "vae" / VAE_NAME,
     }
     if not paths["text_encoder"].is_file():
-        _save_atomic(clip_l_state_dict(), paths["text_encoder"])
-    for key, name in (("vae", VAE_NAME), ("diffusion_model", MMDIT_NAME)):
-        if paths[key].is_file():
-            continue
-        source = WEIGHTS / name
-        if not source.is_file():
-            build = models_dir / ".glance_demo_build"
-            if not (build / name).is_file():
-                _train_weights(build, quick)
-            source = build / name
-        _copy_atomic(source, paths[key])
+        save_atomic(clip_l_state_dict(), paths["text_encoder"])
+    pair = {"vae": VAE_NAME, "diffusion_model": MMDIT_NAME}
+    if any(not paths[key].is_file() for key in pair):
+        # The base model was trained on its VAE's latents: both files always come from the same folder.
+        source = WEIGHTS
+        if not all((WEIGHTS / name).is_file() for name in pair.values()):
+            source = models_dir / ".glance_demo_build"
+            if not all((source / name).is_file() for name in pair.values()):
+                _train_weights(source, quick)
+        for key, name in pair.items():
+            if not paths[key].is_file():
+                _replace_atomic(paths[key], lambda tmp, src=source / name: shutil.copyfile(src, tmp))
     return paths
 
 
@@ -149,30 +150,30 @@ def _train_weights(out: Path, quick: bool) -> None:
     import sys
 
     if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+        sys.path.append(str(ROOT))
     from benchmarks.repro import train_models
 
-    train_models.main(["--out", str(out)] + (["--quick"] if quick else []))
+    train_models.train_weights(out, quick=quick)
 
 
-def _save_atomic(tensors: dict, path: Path) -> None:
+def save_atomic(tensors: dict, path: Path) -> None:
+    """A safetensors file written whole or not at all."""
     import safetensors.torch
 
+    def write(tmp: Path) -> None:
+        safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.chmod(tmp, 0o644)  # safetensors creates files readable by their owner only; models are shared files
+
+    _replace_atomic(path, write)
+
+
+def _replace_atomic(path: Path, write) -> None:
+    """``write(tmp)`` next to ``path``, then rename it into place (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        safetensors.torch.save_file(tensors, str(tmp))
+        write(tmp)
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
 

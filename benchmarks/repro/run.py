@@ -15,18 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from cli.host import pack_module, start_in_process
+
 from . import data
 from .metrics import DigitJudge, mse, psnr
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 TRAIN_DIGIT = 3
 SLOW_STEPS, FAST_STEPS = (1, 3, 5, 7, 9), (11, 21, 31, 41, 50)
 SLOW_STEPS_8 = (1, 5, 9)  # Glance 8 steps: three of the five slow timesteps, all five fast ones
@@ -39,16 +39,6 @@ class Variant:
     fast: str
     sigmas: object  # a SIGMAS tensor, or an int: that many steps of the stock 'simple' schedule (KSampler)
     switch: float = 0.0
-
-
-def start_host(base_dir: Path):
-    for path in (ROOT, ROOT / "tests"):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-    import glance_host
-
-    (base_dir / "custom_nodes").mkdir(parents=True, exist_ok=True)
-    return glance_host.start_in_process(base_dir), glance_host
 
 
 def main(argv=None) -> None:
@@ -87,14 +77,14 @@ class Bench:
 
 def load_bench(args) -> Bench:
     base_dir = args.out / "comfy_base"
-    nodes, glance_host = start_host(base_dir)
+    nodes = start_in_process(base_dir)
     import comfy.utils
     from cli import model_kit
 
     comfy.utils.set_progress_bar_enabled(False)
     model_kit.ensure_demo_models(base_dir / "models")
     shutil.rmtree(base_dir / "models" / "loras" / "glance_repro", ignore_errors=True)
-    recipes = glance_host.pack_module("training.recipes")
+    recipes = pack_module("training.recipes")
     N = nodes.NODE_CLASS_MAPPINGS
 
     model = N["UNETLoader"]().load_unet(model_kit.MMDIT_NAME, "default")[0]

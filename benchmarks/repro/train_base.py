@@ -16,12 +16,14 @@ import torch
 from . import data
 
 HIDDEN, PATCH, CHANNELS, POS_EMBED_MAX = 128, 2, 16, 16
-SHIFT = 3.0
 
 
-def shift_sigma(t: torch.Tensor, shift: float = SHIFT) -> torch.Tensor:
-    """The host's ModelSamplingDiscreteFlow time shift."""
-    return shift * t / (1 + (shift - 1) * t)
+def shift_sigma(t: torch.Tensor) -> torch.Tensor:
+    """The stock SD3 sampling's time shift (the kit's shift, through the host's own formula)."""
+    from comfy.model_sampling import time_snr_shift
+    from cli.model_kit import SHIFT
+
+    return time_snr_shift(SHIFT, t)
 
 
 def unet_config(hidden: int = HIDDEN) -> dict:

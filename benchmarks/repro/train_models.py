@@ -12,37 +12,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from cli.host import start_in_process
+from cli.model_kit import MMDIT_NAME, VAE_NAME, WEIGHTS, save_atomic
+
 from . import data
-
-ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = Path(__file__).resolve().parent / "weights"
-SD3_SCALE, SD3_SHIFT = 1.5305, 0.0609  # the SD3 latent format's scale and shift factors (comfy/latent_formats.py)
-
-
-def start_host(base_dir: Path):
-    for path in (ROOT, ROOT / "tests"):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-    import glance_host
-
-    (base_dir / "custom_nodes").mkdir(parents=True, exist_ok=True)
-    return glance_host.start_in_process(base_dir)
-
-
-def save_atomic(tensors: dict, path: Path) -> None:
-    import safetensors.torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 # ---- VAE ---------------------------------------------------------------------------------------------------
@@ -69,6 +47,7 @@ VAE_STAGES_QUICK = ((32, 8, 30), (64, 4, 20))
 
 def train_vae(stages=VAE_STAGES, seed: int = 0, resume: Path | None = None, log=print) -> dict:
     """TAESD encoder/decoder trained on the digits; ``resume``: start from a saved file, run only the last stage."""
+    import comfy.latent_formats
     import comfy.taesd.taesd as taesd
     import comfy.utils
 
@@ -110,9 +89,23 @@ def train_vae(stages=VAE_STAGES, seed: int = 0, resume: Path | None = None, log=
     sd.update({f"taesd_decoder.{k}": v.half() for k, v in dec.state_dict().items()})
     # The host's TAESD maps encoder output e to e / vae_scale + vae_shift; the SD3 latent format then applies
     # (x - 0.0609) * 1.5305. These two values make the model's latents zero-mean, unit-std.
-    sd["vae_scale"] = torch.tensor(SD3_SCALE * std)
-    sd["vae_shift"] = torch.tensor(SD3_SHIFT - mean / (SD3_SCALE * std))
+    fmt = comfy.latent_formats.SD3()
+    sd["vae_scale"] = torch.tensor(fmt.scale_factor * std)
+    sd["vae_shift"] = torch.tensor(fmt.shift_factor - mean / (fmt.scale_factor * std))
     return sd
+
+
+def train_weights(out: Path, quick: bool = False, only: str | None = None, vae_resume: Path | None = None) -> None:
+    """Train the VAE and/or the base model into ``out``, in the host running in this process (else a new one)."""
+    base = os.environ.get("GLANCE_REPRO_BASE")
+    start_in_process(Path(base) if base else None)
+    if only in (None, "vae"):
+        sd = train_vae(VAE_STAGES_QUICK if quick else VAE_STAGES, resume=vae_resume)
+        save_atomic(sd, out / VAE_NAME)
+    if only in (None, "mmdit"):
+        from .train_base import train_mmdit
+
+        save_atomic(train_mmdit(out / VAE_NAME, quick=quick), out / MMDIT_NAME)
 
 
 def main(argv=None) -> None:
@@ -124,14 +117,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    start_host(Path(os.environ.get("GLANCE_REPRO_BASE", "/tmp/glance_repro_base")))
-    if args.only in (None, "vae"):
-        sd = train_vae(VAE_STAGES_QUICK if args.quick else VAE_STAGES, resume=args.vae_resume)
-        save_atomic(sd, args.out / "glance_demo_vae.safetensors")
-    if args.only in (None, "mmdit"):
-        from .train_base import train_mmdit
-
-        save_atomic(train_mmdit(args.out / "glance_demo_vae.safetensors", quick=args.quick), args.out / "glance_demo_mmdit.safetensors")
+    train_weights(args.out, args.quick, args.only, args.vae_resume)
 
 
 if __name__ == "__main__":
