@@ -6,18 +6,23 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import glance_host  # noqa: E402
+TESTS, ROOT = Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(TESTS))  # the glance_* helper modules
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # `cli`; appended, so that the host's `nodes` module wins over the pack's folder
+from cli.host import pack_module, start_in_process  # noqa: E402
+from cli.server import HOW_TO_PROVIDE, find_comfyui  # noqa: E402
 
-HOST = glance_host.find_comfyui()
+HOST = find_comfyui()
+pytest_plugins = ["glance_server"]  # the live-server fixtures, registered once for the whole session
 
 def pytest_report_header(config):
-    return f"ComfyUI host: {HOST}" if HOST else glance_host.HOW_TO_PROVIDE
+    return f"ComfyUI host: {HOST}" if HOST else HOW_TO_PROVIDE
 
 def pytest_collection_modifyitems(config, items):
     if HOST is not None:
         return
-    skip = pytest.mark.skip(reason=glance_host.HOW_TO_PROVIDE)
+    skip = pytest.mark.skip(reason=HOW_TO_PROVIDE)
     for item in items:
         if "host" in item.keywords:
             item.add_marker(skip)
@@ -30,9 +35,19 @@ def base_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def comfy(base_dir):
     """ComfyUI's ``nodes`` module with the host's nodes and this pack registered."""
-    return glance_host.start_in_process(base_dir)
+    return start_in_process(base_dir)
 
 @pytest.fixture(scope="session")
 def pack(comfy):
     """Import a module of the loaded pack by dotted name, e.g. ``pack("nodes.schedules")``."""
-    return glance_host.pack_module
+    return pack_module
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids oversubscription (10x faster here)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

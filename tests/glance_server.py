@@ -2,11 +2,10 @@
 
 The server is started through ``cli/server.py`` (headless, CPU, loopback, free port, this pack linked in)
 with the demo model kit (``cli/model_kit.py``) in its models folder, and stopped at the end of the session.
-Test modules use the ``live`` fixture (import it: ``from glance_server import live``).
+Its fixtures ``live`` and ``kit_files`` are registered for every test module by conftest.py.
 """
 from __future__ import annotations
 
-import atexit
 import uuid
 import json
 import math
@@ -22,7 +21,7 @@ if str(ROOT) not in sys.path:
 
 from cli import model_kit  # noqa: E402
 from cli.client import ComfyClient, PromptError, apply_overrides  # noqa: E402,F401
-from cli.server import ComfyServer, find_comfyui  # noqa: E402
+from cli.server import ComfyServer  # noqa: E402
 
 WORKFLOW_NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 VIRTUAL_NODES = {"Note", "MarkdownNote"}
@@ -47,21 +46,16 @@ class Live:
         self.server.stop()
 
 
-_live: Live | None = None
-
-
 @pytest.fixture(scope="session")
 def live(tmp_path_factory) -> Live:
     """A running ComfyUI with the pack and the demo model kit (one per session, shared by all modules)."""
-    global _live
-    if find_comfyui() is None:
-        pytest.skip("ComfyUI host not found: set COMFYUI_PATH, or put it at ~/comfy/ComfyUI")
-    if _live is None:
-        _live = Live(tmp_path_factory.mktemp("comfy_server"))
-        atexit.register(_live.stop)
-    yield _live
-    if not _live.server.alive():
-        pytest.fail(f"the ComfyUI server died; log tail:\n{_live.server.log_tail()}")
+    server = Live(tmp_path_factory.mktemp("comfy_server"))
+    try:
+        yield server
+        if not server.server.alive():
+            pytest.fail(f"the ComfyUI server died; log tail:\n{server.server.log_tail()}")
+    finally:
+        server.stop()
 
 
 def load(name: str) -> tuple[dict, dict]:
