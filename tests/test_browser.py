@@ -16,7 +16,6 @@ from pathlib import Path
 import glance_browser as gb
 import glance_server as gs
 import pytest
-from glance_server import kit_files, live  # noqa: F401  (fixtures: one live server, kit files)
 
 pytestmark = [pytest.mark.host, pytest.mark.server, pytest.mark.browser]
 

@@ -4,7 +4,6 @@ import json
 import glance_server as gs
 import pytest
 from cli import client
-from glance_server import kit_files, kit_prompt, live  # noqa: F401  (fixtures: one live server, kit files)
 
 PROMPT = {
     "1": {"class_type": "KSampler", "inputs": {"seed": 1, "cfg": 7.0, "model": ["2", 0], "name": "x", "flag": False},
@@ -39,7 +38,7 @@ def test_bad_overrides_say_what_to_do(override, message):
 @pytest.mark.host
 @pytest.mark.server
 def test_command_line_queues_waits_and_saves(live, kit_files, tmp_path, capsys):
-    prompt = kit_prompt("stock_two_sampler_baseline", kit_files)
+    prompt = gs.kit_prompt("stock_two_sampler_baseline", kit_files)
     path = tmp_path / "wf_api.json"
     path.write_text(json.dumps(prompt))
     rc = client.main([str(path), "--server", live.server.url, "--out", str(tmp_path / "out"),
@@ -57,7 +56,7 @@ def test_command_line_queues_waits_and_saves(live, kit_files, tmp_path, capsys):
 def test_progress_events_and_upload(live, kit_files, tmp_path):
     image_name = live.client.upload_image(gs.write_digit_png(tmp_path / "upload_me.png", 7))
     assert (live.base_dir / "input" / image_name).is_file()
-    prompt = kit_prompt("stock_two_sampler_baseline", kit_files)
+    prompt = gs.kit_prompt("stock_two_sampler_baseline", kit_files)
     prompt = client.apply_overrides(prompt, {"Slow phase.noise_seed": 11})
     events = []
     entry = live.client.run(prompt, timeout=120, on_event=lambda kind, data: events.append((kind, data)))

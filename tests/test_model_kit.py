@@ -1,14 +1,10 @@
 """The demo model kit: stock loaders load it, the prompts reach the model, and it draws the asked digit."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cli import model_kit  # noqa: E402
+from cli import model_kit
 
 pytestmark = pytest.mark.host
 
@@ -61,6 +57,7 @@ def test_vae_reconstructs_real_digits(comfy, kit):
     assert psnr(back, pixels, 1.0) > 28.0
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_samples_show_the_prompted_digit(comfy, kit):
     from benchmarks.repro import data
     from benchmarks.repro.metrics import DigitJudge
@@ -72,13 +69,8 @@ def test_samples_show_the_prompted_digit(comfy, kit):
     judge = DigitJudge(images[train], labels[train])
     negative = n["CLIPTextEncode"]().encode(clip, "")[0]
     size = model_kit.IMAGE_SIZE // 8
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: one thread is fastest, and the CPU is shared
-    try:
-        with torch.inference_mode():  # as the host's executor runs nodes
-            drawn = [sample_digit(n, model, clip, vae, negative, digit, size) for digit in range(10)]
-    finally:
-        torch.set_num_threads(threads)
+    with torch.inference_mode():  # as the host's executor runs nodes
+        drawn = [sample_digit(n, model, clip, vae, negative, digit, size) for digit in range(10)]
     wanted = torch.arange(10).repeat_interleave(2)
     assert judge.accuracy(torch.cat(drawn), wanted) >= 0.7
 

@@ -1,7 +1,6 @@
 """The pack as users install it: loads into a live ComfyUI server with nothing of its own in the log,
 and every node shows a description and a tooltip on every input."""
 import pytest
-from glance_server import live  # noqa: F401  (session fixture)
 
 pytestmark = [pytest.mark.host, pytest.mark.server]
 
@@ -13,7 +12,7 @@ PACK_NODES = {
 }
 
 
-def test_server_log_has_nothing_of_ours_but_the_import_time(live):  # noqa: F811
+def test_server_log_has_nothing_of_ours_but_the_import_time(live):
     log = live.server.log_path.read_text(errors="replace")
     assert "Starting server" in log
     ours = [line for line in log.splitlines() if "glance" in line.lower()]
@@ -22,7 +21,7 @@ def test_server_log_has_nothing_of_ours_but_the_import_time(live):  # noqa: F811
     assert ours == import_lines, f"the pack logged at start-up: {ours}"
 
 
-def test_nodes_have_descriptions_categories_and_tooltips(live):  # noqa: F811
+def test_nodes_have_descriptions_categories_and_tooltips(live):
     info = live.object_info()
     for node_id, category in PACK_NODES.items():
         node = info[node_id]

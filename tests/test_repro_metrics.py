@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("sklearn", reason="the reproduction's judge needs scikit-learn: pip install scikit-learn")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.repro import data  # noqa: E402
 from benchmarks.repro.metrics import DigitJudge, mse, psnr  # noqa: E402
 

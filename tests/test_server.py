@@ -4,7 +4,6 @@ import math
 import glance_server as gs
 import numpy as np
 import pytest
-from glance_server import kit_files, kit_prompt, live  # noqa: F401  (fixtures: one live server, kit files)
 
 pytestmark = [pytest.mark.host, pytest.mark.server]
 
@@ -16,7 +15,7 @@ FAST = {"Image size.width": 32, "Image size.height": 32, "Glance Phase KSampler.
 @pytest.fixture(scope="module")
 def glance_prompt(live, kit_files):
     """workflows/api/glance_qwen_image.json on the demo kit: LoRA loader, Glance sigmas, phase sampler."""
-    return kit_prompt("glance_qwen_image", kit_files)
+    return gs.kit_prompt("glance_qwen_image", kit_files)
 
 
 def test_twenty_prompts_back_to_back(live, glance_prompt):
@@ -37,8 +36,9 @@ def test_twenty_prompts_back_to_back(live, glance_prompt):
     for key, group in images.items():
         for other in group[1:]:
             np.testing.assert_array_equal(other, group[0], err_msg=f"seed/strength {key} gave different images")
-    firsts = [group[0] for group in images.values()]
-    assert not np.array_equal(firsts[0], firsts[1]), "different seeds gave the same image"
+    first = {key: group[0] for key, group in images.items()}
+    assert not np.array_equal(first[101, 1.0], first[102, 1.0]), "different seeds gave the same image"
+    assert not np.array_equal(first[101, 1.0], first[101, 0.5]), "a different Slow-LoRA strength gave the same image"
     growth = rss[-1] / rss[0] - 1
     print(f"{N_PROMPTS} prompts: {sum(seconds):.1f} s; RSS {rss[0] >> 20} -> {rss[-1] >> 20} MiB ({growth:+.1%})")
     assert growth < 0.10, f"server RSS grew {growth:.1%} over {N_PROMPTS} prompts ({rss[0] >> 20} -> {rss[-1] >> 20} MiB)"

@@ -1,21 +1,16 @@
 """GlanceTrainLoRA's input handling: odd images, wrong conditioning, bad numbers and names, NaN loss, interrupts."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import safetensors.torch
 import torch
 
 import glance_models as gm
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def train(comfy, save_name, model=None, kind="flux", **overrides):
@@ -97,9 +92,12 @@ def test_bad_custom_timesteps_are_refused(comfy, text):
 
 @pytest.mark.parametrize("name", ["../escape", "a/../../escape", "/tmp/glance_abs", "C:\\loras\\x", "", "dir/"])
 def test_unsafe_save_names_are_refused(comfy, base_dir, name):
+    before = set(base_dir.rglob("*.safetensors"))
     with pytest.raises(ValueError, match="^save_name:"):
         train(comfy, name)
+    assert set(base_dir.rglob("*.safetensors")) == before
     assert not (base_dir / "models" / "escape.safetensors").exists()
+    assert not Path("/tmp/glance_abs.safetensors").exists()
 
 
 def test_existing_file_is_not_overwritten(comfy, base_dir):

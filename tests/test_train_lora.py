@@ -8,18 +8,7 @@ import torch
 
 import glance_models as gm
 
-pytestmark = pytest.mark.host
-
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription (10x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("one_thread")]
 
 PHASE_FAST_FLUX = [t / 1000 for t in (926.6473, 825.7017, 677.9868, 441.1997, 60.5503)]
 

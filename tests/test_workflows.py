@@ -3,7 +3,6 @@ import uuid
 
 import glance_server as gs
 import pytest
-from glance_server import kit_files, kit_prompt, live  # noqa: F401  (fixtures: one live server, kit files)
 
 pytestmark = [pytest.mark.host, pytest.mark.server]
 
@@ -73,7 +72,7 @@ def test_api_twin_validates_as_shipped(live, shipped_files, name):
 
 @pytest.mark.parametrize("name", RUNS)
 def test_runs_to_success_on_the_small_kit(live, kit_files, name):
-    prompt = kit_prompt(name, kit_files)
+    prompt = gs.kit_prompt(name, kit_files)
     assert gs.check_against_object_info(prompt, live.object_info()) == []
     entry = live.client.run(prompt, timeout=300)
     assert entry["status"]["status_str"] == "success"
