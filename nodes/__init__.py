@@ -1,7 +1,7 @@
 """The pack's ComfyUI nodes (V3 schema). Node ids and input names are a public contract: never rename them."""
 from .lora_loader import GlanceLoraLoader
-from .phase_sampler import GlancePhaseKSampler
+from .phase_sampler import GlancePhaseGuider, GlancePhaseKSampler
 from .sigmas_node import GlanceSigmas
 from .train_node import GlanceTrainLoRA
 
-NODE_LIST = [GlancePhaseKSampler, GlanceSigmas, GlanceLoraLoader, GlanceTrainLoRA]
+NODE_LIST = [GlancePhaseKSampler, GlancePhaseGuider, GlanceSigmas, GlanceLoraLoader, GlanceTrainLoRA]

@@ -9,7 +9,8 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
-from .phase_sampling import sample_phases
+from ..host_compat import fix_empty_latent, sampled_latent
+from .phase_sampling import PhaseGuider
 from .schedules import SWITCH_SIGMA_MAX, switch_sigma_problem, validate_switch_sigma
 
 
@@ -98,7 +99,7 @@ class GlancePhaseKSampler(io.ComfyNode):
     def execute(cls, model_slow, model_fast, positive, negative, latent_image, seed, steps, switch_sigma, cfg_slow,
                 cfg_fast, sampler_name, scheduler, denoise=1.0, sigmas=None) -> io.NodeOutput:
         _check_inputs(steps, switch_sigma, cfg_slow, cfg_fast, latent_image, sigmas)
-        latent = comfy.sample.fix_empty_latent_channels(model_slow, latent_image["samples"])
+        latent = fix_empty_latent(model_slow, latent_image)
         _check_latent_fits(model_slow, latent, "model_slow")
         _check_latent_fits(model_fast, latent, "model_fast")
 
@@ -108,12 +109,51 @@ class GlancePhaseKSampler(io.ComfyNode):
         sigmas = sigmas.detach().float().cpu()
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         callback = latent_preview.prepare_callback(model_slow, len(sigmas) - 1)
-        samples, _report = sample_phases(
-            model_slow, model_fast, noise, positive, negative, cfg_slow, cfg_fast,
-            comfy.samplers.sampler_object(sampler_name), sigmas, switch_sigma, latent,
-            denoise_mask=latent_image.get("noise_mask"), callback=callback,
-            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+        guider = PhaseGuider(model_slow, model_fast, switch_sigma, cfg_slow, cfg_fast)
+        guider.set_conds(positive, negative)
+        samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), sigmas,
+                                denoise_mask=latent_image.get("noise_mask"), callback=callback,
+                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        return io.NodeOutput(sampled_latent(latent_image, samples))
+
+
+class GlancePhaseGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GlancePhaseGuider",
+            display_name="Glance Phase Guider",
+            category="sampling/glance",
+            description=(
+                "The two-model guidance of Glance Phase KSampler as a GUIDER for SamplerCustomAdvanced: pair it with "
+                "any sampler, sigmas (e.g. Glance Sigmas) and noise. Steps that start above switch_sigma run on "
+                "model_slow with cfg_slow, the rest on model_fast with cfg_fast, in one sampling pass."
+            ),
+            inputs=[
+                io.Model.Input("model_slow", tooltip="Model for the early, high-noise steps (e.g. base + Glance Slow-LoRA)."),
+                io.Model.Input("model_fast", tooltip="Model for the late, low-noise steps (e.g. base + Glance Fast-LoRA)."),
+                io.Conditioning.Input("positive", tooltip="What the image should show."),
+                io.Conditioning.Input("negative", tooltip="What to steer away from; unused in a phase whose cfg is 1.0."),
+                io.Float.Input("cfg_slow", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="CFG scale of the slow phase."),
+                io.Float.Input("cfg_fast", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="CFG scale of the fast phase; 1.0 skips the negative pass."),
+                io.Float.Input("switch_sigma", default=0.9, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
+                               tooltip="Steps starting above this sigma use model_slow, the rest model_fast "
+                                       "(connect Glance Sigmas' switch_sigma)."),
+            ],
+            outputs=[io.Guider.Output(display_name="GUIDER", tooltip="Connect to SamplerCustomAdvanced's guider.")],
         )
-        out = latent_image.copy()
-        out["samples"] = samples
-        return io.NodeOutput(out)
+
+    @classmethod
+    def validate_inputs(cls, switch_sigma=None):
+        if switch_sigma is not None and (problem := switch_sigma_problem(switch_sigma)):
+            return problem
+        return True
+
+    @classmethod
+    def execute(cls, model_slow, model_fast, positive, negative, cfg_slow, cfg_fast, switch_sigma) -> io.NodeOutput:
+        _check_inputs(1, switch_sigma, cfg_slow, cfg_fast, {"samples": None}, None)
+        guider = PhaseGuider(model_slow, model_fast, switch_sigma, cfg_slow, cfg_fast)
+        guider.set_conds(positive, negative)
+        return io.NodeOutput(guider)

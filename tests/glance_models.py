@@ -9,24 +9,44 @@ from pathlib import Path
 
 import torch
 
-FLUX_CONFIG = dict(
-    image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=48, hidden_size=64,
-    mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12], theta=10000,
-    patch_size=2, qkv_bias=True, guidance_embed=True,
-)
-QWEN_CONFIG = dict(
-    image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=2,
-    attention_head_dim=32, num_attention_heads=2, joint_attention_dim=48, axes_dims_rope=(8, 12, 12),
-)
 CONTEXT_DIM = 48
 POOLED_DIM = 32
+HIDDEN = 64
+# Widths the stock detector cannot read from a state dict (it assumes the full-size models): small ones here.
+FLUX_WIDTHS = dict(hidden_size=HIDDEN, num_heads=2, axes_dim=[8, 12, 12], context_in_dim=CONTEXT_DIM, vec_in_dim=POOLED_DIM)
+QWEN_WIDTHS = dict(attention_head_dim=32, num_attention_heads=2, joint_attention_dim=CONTEXT_DIM, axes_dims_rope=(8, 12, 12))
 
 
-def _patcher(model_cls, unet_config: dict, seed: int, std: float):
+def _meta(*shape):
+    return torch.empty(shape, device="meta")
+
+
+def _flux_layout(depth: int = 2, single: int = 2) -> dict:
+    """The keys (shapes only) by which the host's detector recognises a FLUX.1-dev diffusion model."""
+    sd = {"img_in.weight": _meta(HIDDEN, 64), "txt_in.weight": _meta(HIDDEN, CONTEXT_DIM),
+          "vector_in.in_layer.weight": _meta(HIDDEN, POOLED_DIM), "guidance_in.in_layer.weight": _meta(HIDDEN, 256)}
+    sd.update({f"double_blocks.{i}.img_attn.norm.key_norm.scale": _meta(32) for i in range(depth)})
+    sd.update({f"single_blocks.{i}.norm.key_norm.scale": _meta(32) for i in range(single)})
+    return sd
+
+
+def _qwen_layout(layers: int = 2) -> dict:
+    """The keys (shapes only) by which the host's detector recognises a Qwen-Image diffusion model."""
+    sd = {"txt_norm.weight": _meta(CONTEXT_DIM), "img_in.weight": _meta(64, 64)}
+    sd.update({f"transformer_blocks.{i}.img_mod.1.weight": _meta(6 * 64, 64) for i in range(layers)})
+    return sd
+
+
+def _patcher(layout: dict, widths: dict, seed: int, std: float):
+    """A model built as the host builds one it loads: its detector's config (with every field this host version
+    has) and its model config class, with only the widths set small; seeded random weights."""
+    import comfy.model_detection
     import comfy.model_management as mm
     import comfy.model_patcher
 
-    config = model_cls(dict(unet_config))
+    unet_config = comfy.model_detection.detect_unet_config(layout, "")
+    unet_config.update(widths)
+    config = comfy.model_detection.model_config_from_unet_config(unet_config)
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, device="cpu")
     gen = torch.Generator().manual_seed(seed)
@@ -37,28 +57,24 @@ def _patcher(model_cls, unet_config: dict, seed: int, std: float):
 
 
 def make_flux(seed: int = 0, std: float = 0.08):
-    import comfy.supported_models as sm
-
-    return _patcher(sm.Flux, FLUX_CONFIG, seed, std)
+    return _patcher(_flux_layout(), FLUX_WIDTHS, seed, std)
 
 
 def make_qwen(seed: int = 0, std: float = 0.08):
-    import comfy.supported_models as sm
+    return _patcher(_qwen_layout(), QWEN_WIDTHS, seed, std)
 
-    return _patcher(sm.QwenImage, QWEN_CONFIG, seed, std)
+
+def _sd3_layout(hidden: int) -> dict:
+    """The keys (shapes only) from which the host's detector reads an SD3-family MMDiT's whole config."""
+    return {"joint_blocks.0.context_block.attn.qkv.weight": _meta(3 * hidden, hidden),
+            "x_embedder.proj.weight": _meta(hidden, 16, 2, 2), "final_layer.linear.weight": _meta(16 * 4, hidden),
+            "y_embedder.mlp.0.weight": _meta(hidden, POOLED_DIM), "context_embedder.weight": _meta(hidden, CONTEXT_DIM),
+            "pos_embed": _meta(1, 32 * 32, hidden)}
 
 
 def sd3_state_dict(seed: int = 0, hidden: int = 128, std: float = 0.05) -> dict:
     """A bare MMDiT state dict (keys as in a diffusion-model file) that the stock detector reads as SD3."""
-    import comfy.supported_models as sm
-
-    unet_config = dict(
-        in_channels=16, patch_size=2, out_channels=16, depth=hidden // 64, input_size=None,
-        adm_in_channels=POOLED_DIM, num_patches=32 * 32, pos_embed_max_size=32, pos_embed_scaling_factor=None,
-        context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": CONTEXT_DIM, "out_features": hidden}},
-        x_block_self_attn_layers=[],
-    )
-    patcher = _patcher(sm.SD3, unet_config, seed, std)
+    patcher = _patcher(_sd3_layout(hidden), {}, seed, std)
     dm = patcher.model.diffusion_model
     with torch.no_grad():  # a buffer the host allocates with torch.empty: left alone it is whatever memory held
         dm.pos_embed.copy_(torch.randn(dm.pos_embed.shape, generator=torch.Generator().manual_seed(seed + 1)) * std)
@@ -143,3 +159,11 @@ def sample_image(size: int = 64):
 
     img = torch.from_numpy(np.asarray(data.astronaut(), dtype=np.float32) / 255.0)[None]
     return torch.nn.functional.interpolate(img.movedim(-1, 1), size=(size, size), mode="area").movedim(1, -1)
+
+
+def run_node(nodes, node_id: str, **inputs) -> tuple:
+    """Run a registered node by id as the executor would, V1 (FUNCTION) or V3 (execute) alike; its outputs."""
+    cls = nodes.NODE_CLASS_MAPPINGS[node_id]
+    if hasattr(cls, "define_schema"):
+        return tuple(cls.execute(**inputs).args)
+    return tuple(getattr(cls(), cls.FUNCTION)(**inputs))

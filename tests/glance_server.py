@@ -92,6 +92,40 @@ def _widget_inputs(definition: dict):
                 yield name, typ, opts
 
 
+def _is_optional(definition: dict, name: str) -> bool:
+    return name in definition.get("input", {}).get("optional", {})
+
+
+def added_by_host(cls: str, name: str, value, object_info: dict) -> bool:
+    """Whether ``name`` = ``value`` is an optional input this host has and a workflow made for an older host does
+    not: accepted in a prompt only with the input's default value (what the frontend fills in)."""
+    definition = object_info.get(cls, {})
+    if not _is_optional(definition, name):
+        return False
+    spec = definition["input"]["optional"][name]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return "default" in opts and opts["default"] == value and isinstance(value, bool) == isinstance(opts["default"], bool)
+
+
+def twin_differences(converted: dict, twin: dict, object_info: dict) -> list[str]:
+    """Differences between a converted UI graph and its API twin, ids equal; inputs a newer host added with
+    their default value are not differences."""
+    problems = [f"node {i}: only in the converted graph" for i in converted if i not in twin]
+    problems += [f"node {i}: only in the twin" for i in twin if i not in converted]
+    for node_id in sorted(set(converted) & set(twin)):
+        got, want = converted[node_id], twin[node_id]
+        if got["class_type"] != want["class_type"] or got.get("_meta") != want.get("_meta"):
+            problems.append(f"node {node_id}: {got['class_type']} {got.get('_meta')} != {want['class_type']} {want.get('_meta')}")
+            continue
+        for name in sorted(set(got["inputs"]) | set(want["inputs"])):
+            if name not in want["inputs"] and added_by_host(got["class_type"], name, got["inputs"][name], object_info):
+                continue
+            a, b = got["inputs"].get(name, "<absent>"), want["inputs"].get(name, "<absent>")
+            if a != b or isinstance(a, bool) != isinstance(b, bool):
+                problems.append(f"node {node_id} ({got['class_type']}): '{name}' = {a!r}, twin {b!r}")
+    return problems
+
+
 def _extra_widget(name: str, typ: str, opts: dict) -> str | None:
     """The frontend adds a value after some widgets: the seed control, and Load Image's upload button."""
     if typ == "INT" and opts.get("control_after_generate", name in ("seed", "noise_seed")):
@@ -117,6 +151,9 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         values = list(node.get("widgets_values") or [])
         inputs = {}
         for name, typ, opts in _widget_inputs(definition):
+            if not values and _is_optional(definition, name) and "default" in opts:
+                inputs[name] = opts["default"]  # an input a newer host added: the frontend shows its default
+                continue
             if not values:
                 raise AssertionError(f"node {node['id']} ({cls}): no widget value left for '{name}'")
             inputs[name] = values.pop(0)

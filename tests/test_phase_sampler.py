@@ -98,6 +98,18 @@ def test_each_step_runs_on_its_phase_model_with_its_weights(comfy, flux, conds):
     assert all(ok for _, _, ok in seen), f"a step ran with the other phase's weights: {seen}"
 
 
+def recording(model, phase, seen):
+    """A clone of ``model`` whose every evaluation is recorded as (phase, sigma): observed at the model itself."""
+    clone = model.clone()
+
+    def wrapper(apply_model, args):
+        seen.append((phase, round(float(args["timestep"][0]), 3)))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    clone.set_model_unet_function_wrapper(wrapper)
+    return clone
+
+
 @pytest.mark.parametrize("sampler_name, expected", [
     # Heun's corrector evaluates at the next schedule point: the start of the next step, so its phase.
     ("heun", [("slow", 1.0), ("slow", 0.8), ("slow", 0.8), ("slow", 0.6), ("slow", 0.6), ("fast", 0.4),
@@ -105,23 +117,24 @@ def test_each_step_runs_on_its_phase_model_with_its_weights(comfy, flux, conds):
     # DPM++ 2S evaluates between schedule points: a midpoint stays in the phase of the step it belongs to.
     ("dpmpp_2s_ancestral", None),
 ])
-def test_substeps_stay_in_their_steps_phase(comfy, flux, conds, pack, sampler_name, expected):
-    sampling = pack("nodes.phase_sampling")
-    import comfy.samplers
-
-    slow, fast = flux.clone(), flux.clone()
+def test_substeps_stay_in_their_steps_phase(comfy, flux, conds, sampler_name, expected):
+    """Through the GUIDER node and the host's SamplerCustomAdvanced, as a user wires it."""
+    seen = []
+    slow, fast = recording(flux, "slow", seen), recording(flux, "fast", seen)
+    guider, = gm.run_node(comfy, "GlancePhaseGuider", model_slow=slow, model_fast=fast, positive=conds[0], negative=conds[1],
+                          cfg_slow=2.0, cfg_fast=2.0, switch_sigma=0.5)
+    sampler, = gm.run_node(comfy, "KSamplerSelect", sampler_name=sampler_name)
+    noise, = gm.run_node(comfy, "RandomNoise", noise_seed=0)
     sigmas = torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
-    noise = torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(0))
-    _, report = sampling.sample_phases(slow, fast, noise, *conds, 2.0, 2.0, comfy.samplers.sampler_object(sampler_name),
-                                       sigmas, 0.5, torch.zeros_like(noise), seed=0)
-    phases = [(p, round(s, 3)) for p, s in report.calls]
-    assert report.switch_step == 3
+    out = gm.run_node(comfy, "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                      latent_image=gm.empty_latent(8, 8))[0]
+    assert torch.isfinite(out["samples"]).all()
     if expected is not None:
-        assert phases == expected
+        assert seen == expected
     else:  # every evaluation above 0.4 (the first fast step's start) ran slow, every other fast, midpoints included
-        midpoints = [s for _, s in phases if round(s, 3) not in (1.0, 0.8, 0.6, 0.4, 0.2)]
-        assert midpoints, phases
-        assert all((p == "slow") == (s > 0.4) for p, s in phases), phases
+        midpoints = [s for _, s in seen if s not in (1.0, 0.8, 0.6, 0.4, 0.2)]
+        assert midpoints, seen
+        assert all((p == "slow") == (s > 0.4) for p, s in seen), seen
 
 
 def test_logs_switch_and_single_phase(comfy, flux, conds, caplog):

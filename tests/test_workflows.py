@@ -24,7 +24,26 @@ def test_every_workflow_has_twin_and_preview():
 @pytest.mark.parametrize("name", gs.WORKFLOW_NAMES)
 def test_ui_converts_to_its_api_twin(live, name):
     ui, api = gs.load(name)
-    assert gs.ui_to_api(ui, live.object_info()) == api
+    assert gs.twin_differences(gs.ui_to_api(ui, live.object_info()), api, live.object_info()) == []
+
+
+def test_twin_check_accepts_only_defaults_of_inputs_a_newer_host_added(live):
+    """CFGNorm gained an optional 'pre_cfg' (default false) in v0.33: a twin without it matches at the default,
+    on a host that has the input. Any other extra or changed input is a difference."""
+    ui, api = gs.load("glance_qwen_image")
+    info = live.object_info()
+    converted = gs.ui_to_api(ui, info)
+    node = next(i for i, n in api.items() if n["class_type"] == "CFGNorm")
+    host_has_it = "pre_cfg" in info["CFGNorm"]["input"].get("optional", {})
+    assert ("pre_cfg" in converted[node]["inputs"]) == host_has_it
+    for value in (False, True):
+        converted[node]["inputs"]["pre_cfg"] = value
+        accepted = host_has_it and value is False
+        assert gs.twin_differences(converted, api, info) == (
+            [] if accepted else [f"node {node} (CFGNorm): 'pre_cfg' = {value}, twin '<absent>'"])
+    del converted[node]["inputs"]["pre_cfg"]
+    converted[node]["inputs"]["made_up"] = 1.0
+    assert gs.twin_differences(converted, api, info) == [f"node {node} (CFGNorm): 'made_up' = 1.0, twin '<absent>'"]
 
 
 def test_converter_catches_a_moved_widget_value(live):
@@ -32,7 +51,7 @@ def test_converter_catches_a_moved_widget_value(live):
     sampler = next(n for n in ui["nodes"] if n["type"] == "GlancePhaseKSampler")
     values = sampler["widgets_values"]
     values[4], values[6] = values[6], values[4]  # cfg_slow <-> sampler_name
-    assert gs.ui_to_api(ui, live.object_info()) != api
+    assert gs.twin_differences(gs.ui_to_api(ui, live.object_info()), api, live.object_info())
     del values[1]  # the seed's control value
     with pytest.raises(AssertionError, match="after .seed. is not a control value"):
         gs.ui_to_api(ui, live.object_info())

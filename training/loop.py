@@ -17,6 +17,8 @@ import comfy.samplers
 import torch
 import torch.utils.checkpoint
 
+from ..host_compat import training_mode
+
 ADAPTER = "glance"
 GRAD_CLIP = 1.0
 
@@ -253,7 +255,7 @@ def train_lora(patcher, latent: torch.Tensor, positive: list, settings: TrainSet
 
     guider = _TrainGuider(work)
     guider.set_training_conds(positive, zeroed(positive))
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), training_mode():
         latent = latent.detach().clone()
         mm.load_models_gpu([work], memory_required=work.model.memory_required(list(latent.shape)) * 3)
         sigmas = torch.tensor(settings.sigmas, dtype=torch.float32)
