@@ -48,15 +48,13 @@ def main():
     import glance_models as gm
 
     torch.manual_seed(0)
-    config = dict(gm.FLUX_CONFIG, hidden_size=hidden, num_heads=hidden // 64, axes_dim=[16, 24, 24], depth=4, depth_single_blocks=4)
-    gm.FLUX_CONFIG, saved = config, gm.FLUX_CONFIG
-    model = gm.make_flux(seed=0, std=0.02)
-    gm.FLUX_CONFIG = saved
+    model = gm.make_flux(seed=0, std=0.02, depth=4, single=4, hidden_size=hidden, num_heads=hidden // 64, axes_dim=[16, 24, 24])
     pos, neg = gm.conditioning("flux", 1), gm.conditioning("flux", 2)
     latent = gm.empty_latent(latent_px, latent_px)
     ksampler = nodes.NODE_CLASS_MAPPINGS["KSampler"]()
     glance = nodes.NODE_CLASS_MAPPINGS["GlancePhaseKSampler"]
     sampling = pack_module("nodes.phase_sampling")
+    host_version = pack_module("host_compat").host_version()
     params = sum(p.numel() for p in model.model.diffusion_model.parameters())
 
     def stock(steps, cfg, m=model):
@@ -109,9 +107,10 @@ def main():
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 10).cpu()
     noise = torch.randn(latent["samples"].shape, generator=torch.Generator().manual_seed(0))
     for _ in range(repeats):
-        _, report = sampling.sample_phases(slow, fast, noise, pos, neg, 3.0, 1.0, comfy.samplers.sampler_object("euler"),
-                                           sigmas, 0.8, latent["samples"], seed=1)
-        switch_s.append(report.switch_seconds)
+        guider = sampling.PhaseGuider(slow, fast, 0.8, 3.0, 1.0)
+        guider.set_conds(pos, neg)
+        guider.sample(noise, latent["samples"], comfy.samplers.sampler_object("euler"), sigmas, seed=1)
+        switch_s.append(guider.last_run.switch_seconds)
     one_step_cfg_ms = step_ms
     switch_ms = statistics.median(switch_s) * 1000
     rows.append((f"switch cost: Slow->Fast LoRA swap ({len(modules)} linear layers, rank 32)",
@@ -131,7 +130,7 @@ def main():
     print(f"\nModel: Flux-architecture transformer, hidden {hidden}, 4+4 blocks, {params / 1e6:.1f}M params, "
           f"latent {latent_px}x{latent_px}, CPU ({torch.get_num_threads()} threads), {repeats} interleaved repeats, medians; "
           f"load average {os.getloadavg()[0]:.1f} at the end.")
-    print(f"Command: python benchmarks/bench_phase_sampler.py{' --quick' if args.quick else ''}\n")
+    print(f"Host: ComfyUI {host_version}. Command: python benchmarks/bench_phase_sampler.py{' --quick' if args.quick else ''}\n")
     print("| measurement | result | detail |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

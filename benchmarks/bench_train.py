@@ -26,7 +26,23 @@ sys.path.append(str(ROOT))  # `cli`; appended, so that the host's `nodes` module
 from cli.host import pack_module, start_in_process  # noqa: E402
 import glance_models as gm  # noqa: E402
 
-BENCH_FLUX = dict(gm.FLUX_CONFIG, hidden_size=128, num_heads=2, axes_dim=[16, 24, 24], depth=2, depth_single_blocks=4)
+BENCH_FLUX = dict(hidden_size=128, num_heads=2, axes_dim=[16, 24, 24])
+BENCH_DEPTH = (2, 4)  # double, single blocks
+
+
+def run_host_trainer(nodes, **inputs):
+    """The host's TrainLoraNode as the executor runs it: V1 (v0.3.64) or V3 with list inputs (v0.33, which also
+    has more inputs: those not given take their defaults)."""
+    cls = nodes.NODE_CLASS_MAPPINGS["TrainLoraNode"]
+    for section in ("required", "optional"):
+        for name, spec in cls.INPUT_TYPES().get(section, {}).items():
+            if name not in inputs and len(spec) > 1 and "default" in spec[1]:
+                inputs[name] = spec[1]["default"]
+    if not hasattr(cls, "define_schema"):
+        return getattr(cls(), cls.FUNCTION)(**inputs)
+    if getattr(cls, "INPUT_IS_LIST", False):
+        inputs = {k: [v] for k, v in inputs.items()}
+    return cls.execute(**inputs)
 
 
 def _rss_kib(field: str) -> int:
@@ -72,11 +88,10 @@ def main():
     base = Path("/tmp/glance_bench_train")
     nodes = start_in_process(base)
     import comfy.model_management as mm
-    import comfy.supported_models as sm
     import folder_paths
 
     device = mm.get_torch_device()
-    model = gm._patcher(sm.Flux, BENCH_FLUX, seed=0, std=0.05)
+    model = gm.make_flux(seed=0, std=0.05, depth=BENCH_DEPTH[0], single=BENCH_DEPTH[1], **BENCH_FLUX)
     vae = gm.make_tiny_vae()
     image = gm.sample_image(args.resolution)
     positive = gm.conditioning("flux", 1)
@@ -84,7 +99,6 @@ def main():
         latent = {"samples": vae.encode(image)}
     dtype = "bf16" if device.type == "cuda" else "fp32"
     ours_node = nodes.NODE_CLASS_MAPPINGS["GlanceTrainLoRA"]
-    host_node = nodes.NODE_CLASS_MAPPINGS["TrainLoraNode"]()
     out_dir = Path(folder_paths.get_folder_paths("loras")[0]) / "bench"
     counter = iter(range(10**6))
 
@@ -116,8 +130,10 @@ def main():
 
     def host(steps):
         with torch.inference_mode():
-            host_node.train(model, latent, positive, 1, steps, 1, 5e-4, args.rank, "AdamW", "MSE", 0, dtype, dtype,
-                            "LoRA", True, "[None]")
+            run_host_trainer(nodes, model=model, latents=latent, positive=positive, batch_size=1, steps=steps,
+                             grad_accumulation_steps=1, learning_rate=5e-4, rank=args.rank, optimizer="AdamW",
+                             loss_function="MSE", seed=0, training_dtype=dtype, lora_dtype=dtype, algorithm="LoRA",
+                             gradient_checkpointing=True, existing_lora="[None]")
 
     ours(2), host(2), ours_loop(2)  # warm-up: imports, first-call allocations
     runs = (("TrainLoraNode (host)", host), ("GlanceTrainLoRA training", ours_loop),
@@ -129,7 +145,8 @@ def main():
     rows = {name: (args.steps / min(t for t, _ in r), max(m for _, m in r)) for name, r in results.items()}
     ours_speed, ours_mem = rows["GlanceTrainLoRA training"]
     host_speed, host_mem = rows["TrainLoraNode (host)"]
-    print(f"\nFLUX-architecture model hidden {BENCH_FLUX['hidden_size']}, {BENCH_FLUX['depth']}+{BENCH_FLUX['depth_single_blocks']} "
+    print(f"\nComfyUI {pack_module('host_compat').host_version()}. "
+          f"FLUX-architecture model hidden {BENCH_FLUX['hidden_size']}, {BENCH_DEPTH[0]}+{BENCH_DEPTH[1]} "
           f"blocks, {sum(p.numel() for p in model.model.diffusion_model.parameters()) / 1e6:.2f}M params; latent "
           f"{tuple(latent['samples'].shape)}; rank {args.rank}; {args.steps} steps; device {device}; threads {args.threads}")
     print(f"{'trainer':<28}{'steps/s':>10}{'peak MiB':>12}")

@@ -4,9 +4,11 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from .lora_patches import apply_lora_file
+from .forward_experts import forward_expert_clones
+from .lora_patches import lora_file_patches
 
 NONE = "None"
+APPLY_MODES = ["forward", "merged"]
 
 
 class GlanceLoraLoader(io.ComfyNode):
@@ -19,7 +21,8 @@ class GlanceLoraLoader(io.ComfyNode):
             category="sampling/glance",
             description=(
                 "Applies a Slow-LoRA and a Fast-LoRA to one base model and returns the two experts for Glance "
-                "Phase KSampler. The base model is shared, not copied; a LoRA made for another architecture is an error."
+                "Phase KSampler. The base model is shared, not copied: by default each expert is added in the forward "
+                "pass, so the switch moves no weight. A LoRA made for another architecture is an error."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The base model (e.g. Qwen-Image or FLUX.1-dev)."),
@@ -29,6 +32,10 @@ class GlanceLoraLoader(io.ComfyNode):
                 io.Combo.Input("fast_lora", options=loras, tooltip="LoRA for the late, low-noise steps (from models/loras)."),
                 io.Float.Input("strength_fast", default=1.0, min=-10.0, max=10.0, step=0.01,
                                tooltip="Strength of the Fast-LoRA."),
+                io.Combo.Input("apply", options=APPLY_MODES, default="forward", optional=True,
+                               tooltip="forward: each expert's low-rank term is added in the forward pass; the shared base "
+                                       "weights are never written and the switch moves no weight. merged: each expert "
+                                       "is merged into the weights (ComfyUI's LoraLoader way): re-merged at every switch."),
             ],
             outputs=[
                 io.Model.Output("model_slow", display_name="model_slow", tooltip="Base + Slow-LoRA: connect to model_slow."),
@@ -46,7 +53,20 @@ class GlanceLoraLoader(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model, slow_lora, strength_slow, fast_lora, strength_fast) -> io.NodeOutput:
-        slow = model.clone() if slow_lora == NONE or strength_slow == 0 else apply_lora_file(model, "slow_lora", slow_lora, strength_slow)
-        fast = model.clone() if fast_lora == NONE or strength_fast == 0 else apply_lora_file(model, "fast_lora", fast_lora, strength_fast)
-        return io.NodeOutput(slow, fast)
+    def execute(cls, model, slow_lora, strength_slow, fast_lora, strength_fast, apply="forward") -> io.NodeOutput:
+        if apply not in APPLY_MODES:
+            raise ValueError(f"apply: '{apply}' is not one of {APPLY_MODES}.")
+        experts = {}
+        for name, input_name, file_name, strength in (("slow", "slow_lora", slow_lora, strength_slow),
+                                                      ("fast", "fast_lora", fast_lora, strength_fast)):
+            used = file_name != NONE and strength != 0
+            experts[name] = (lora_file_patches(model, input_name, file_name) if used else {}, strength)
+        if apply == "merged":
+            clones = {}
+            for name, (patches, strength) in experts.items():
+                clones[name] = model.clone()
+                if patches:
+                    clones[name].add_patches(patches, strength)
+        else:
+            clones, _ = forward_expert_clones(model, experts)
+        return io.NodeOutput(clones["slow"], clones["fast"])

@@ -42,11 +42,8 @@ def resolve_lora_path(input_name: str, file_name: str) -> str:
     return path
 
 
-def apply_lora_file(model, input_name: str, file_name: str, strength: float):
-    """A clone of ``model`` with the LoRA file merged at ``strength`` (the base patcher is never modified)."""
+def lora_file_patches(model, input_name: str, file_name: str) -> dict:
+    """The host's patches for a LoRA file in models/loras, checked against ``model``."""
     path = resolve_lora_path(input_name, file_name)
     lora_sd = comfy.utils.load_torch_file(path, safe_load=True)
-    patches = lora_patches(model, lora_sd, f"{input_name} '{file_name}'")
-    patched = model.clone()
-    patched.add_patches(patches, strength)
-    return patched
+    return lora_patches(model, lora_sd, f"{input_name} '{file_name}'")

@@ -109,6 +109,18 @@ def _options_for_fast(fast_options: dict, slow_options: dict, passed: dict) -> d
     return merged
 
 
+def _loads_alike(loaded, other) -> bool:
+    """Whether ``other`` needs nothing loaded that ``loaded`` has not: a clone of the same model with the same
+    weights, object patches and extra models in the host's own terms (e.g. two forward-expert clones)."""
+    if not loaded.is_clone(other) or loaded.wrappers.keys() != other.wrappers.keys() \
+            or loaded.callbacks.keys() != other.callbacks.keys():
+        return False  # (the host's comparison below expects both to have the same kinds of wrappers and callbacks)
+    if not loaded.clone_has_same_weights(other):
+        return False
+    patches_a, patches_b = loaded.object_patches, other.object_patches
+    return patches_a.keys() == patches_b.keys() and all(patches_a[k] is patches_b[k] for k in patches_a)
+
+
 class PhaseGuider(comfy.samplers.CFGGuider):
     """A CFGGuider over two models: ``model_slow`` with ``cfg_slow`` for steps starting above ``switch_sigma``,
     ``model_fast`` with ``cfg_fast`` for the rest, in one sampler run."""
@@ -161,7 +173,8 @@ class PhaseGuider(comfy.samplers.CFGGuider):
     def _switch(self, run: PhaseRun) -> None:
         start = time.perf_counter()
         fast = run.fast_guider
-        comfy.sampler_helpers.prepare_sampling(fast.model_patcher, run.noise_shape, fast.conds, fast.model_options)
+        if not _loads_alike(self.model_patcher, fast.model_patcher):
+            comfy.sampler_helpers.prepare_sampling(fast.model_patcher, run.noise_shape, fast.conds, fast.model_options)
         # The fast model's patcher is the current one from here on (hooks, ON_PREPARE_STATE), as in its own run.
         fast.model_patcher.pre_run()
         run.switch_seconds = time.perf_counter() - start

@@ -37,7 +37,7 @@ def _qwen_layout(layers: int = 2) -> dict:
     return sd
 
 
-def _patcher(layout: dict, widths: dict, seed: int, std: float):
+def _patcher(layout: dict, widths: dict, seed: int, std: float, dtype=torch.float32):
     """A model built as the host builds one it loads: its detector's config (with every field this host version
     has) and its model config class, with only the widths set small; seeded random weights."""
     import comfy.model_detection
@@ -47,7 +47,7 @@ def _patcher(layout: dict, widths: dict, seed: int, std: float):
     unet_config = comfy.model_detection.detect_unet_config(layout, "")
     unet_config.update(widths)
     config = comfy.model_detection.model_config_from_unet_config(unet_config)
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, None if dtype == torch.float32 else torch.float32)
     model = config.get_model({}, device="cpu")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -56,8 +56,10 @@ def _patcher(layout: dict, widths: dict, seed: int, std: float):
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
-def make_flux(seed: int = 0, std: float = 0.08):
-    return _patcher(_flux_layout(), FLUX_WIDTHS, seed, std)
+def make_flux(seed: int = 0, std: float = 0.08, depth: int = 2, single: int = 2, dtype=torch.float32, **widths):
+    """A small FLUX.1-dev-architecture model stored in ``dtype`` (computed in fp32 otherwise, as the host does
+    on CPU); ``widths`` override FLUX_WIDTHS (e.g. hidden_size, num_heads, axes_dim)."""
+    return _patcher(_flux_layout(depth, single), {**FLUX_WIDTHS, **widths}, seed, std, dtype)
 
 
 def make_qwen(seed: int = 0, std: float = 0.08):
