@@ -5,8 +5,9 @@
 
 Measures (medians of interleaved repeats, so both sides see the same machine load):
 1. overhead: GlancePhaseKSampler with the same model in both phases vs one KSampler, same steps and cfg;
-2. switch cost: time to swap the Slow-LoRA's merged weights for the Fast-LoRA's at the switch, in ms and in
-   model steps, for LoRAs on every attention and MLP linear layer;
+2. switch cost at the switch, in ms and in model steps, for rank-32 LoRAs on every linear layer of the blocks:
+   merged experts (the Fast-LoRA's weights merged in place of the Slow-LoRA's) and forward experts (the
+   default: nothing moves); and a whole 10-step run with forward experts against merged ones;
 3. Glance 10 steps (5 slow with cfg, 5 fast with cfg 1) vs stock 50 steps with cfg: wall-clock ratio.
 """
 from __future__ import annotations
@@ -97,24 +98,39 @@ def main():
                  f"{extra * 1000:+.1f} ms", f"{extra / statistics.median(t_stock) * 100:+.2f}% of the stock run "
                  f"({statistics.median(out_phase) * 1000:.1f} ms vs {statistics.median(out_stock) * 1000:.1f} ms)"))
 
-    # 2. switch cost with LoRAs on every linear layer of the transformer blocks
+    # 2. switch cost with LoRAs on every linear layer of the transformer blocks: merged vs forward experts
     modules = [m for m in gm.linear_modules(model) if "blocks" in m]
-    slow = comfy.sd.load_lora_for_models(model, None, gm.random_lora(model, modules, rank=32, seed=1, scale=0.01), 1.0, 0)[0]
-    fast = comfy.sd.load_lora_for_models(model, None, gm.random_lora(model, modules, rank=32, seed=2, scale=0.01), 1.0, 0)[0]
-    switch_s = []
+    patches = pack_module("nodes.lora_patches").lora_patches
+    slow_p = patches(model, gm.random_lora(model, modules, rank=32, seed=1, scale=0.01), "slow")
+    fast_p = patches(model, gm.random_lora(model, modules, rank=32, seed=2, scale=0.01), "fast")
+    merged = []
+    for p in (slow_p, fast_p):
+        merged.append(model.clone())
+        merged[-1].add_patches(p, 1.0)
+    forward, experts = pack_module("nodes.forward_experts").forward_expert_clones(model, {"slow": (slow_p, 1.0), "fast": (fast_p, 1.0)})
+    pairs = {"merged": tuple(merged), "forward": (forward["slow"], forward["fast"])}
     import comfy.samplers
 
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 10).cpu()
     noise = torch.randn(latent["samples"].shape, generator=torch.Generator().manual_seed(0))
+    switch_s, run_s = {k: [] for k in pairs}, {k: [] for k in pairs}
     for _ in range(repeats):
-        guider = sampling.PhaseGuider(slow, fast, 0.8, 3.0, 1.0)
-        guider.set_conds(pos, neg)
-        guider.sample(noise, latent["samples"], comfy.samplers.sampler_object("euler"), sigmas, seed=1)
-        switch_s.append(guider.last_run.switch_seconds)
+        for mode, (slow, fast) in pairs.items():
+            guider = sampling.PhaseGuider(slow, fast, 0.8, 3.0, 3.0)
+            guider.set_conds(pos, neg)
+            t, _ = timed(lambda: guider.sample(noise, latent["samples"], comfy.samplers.sampler_object("euler"), sigmas, seed=1))
+            switch_s[mode].append(guider.last_run.switch_seconds)
+            run_s[mode].append(t)
     one_step_cfg_ms = step_ms
-    switch_ms = statistics.median(switch_s) * 1000
-    rows.append((f"switch cost: Slow->Fast LoRA swap ({len(modules)} linear layers, rank 32)",
-                 f"{switch_ms:.1f} ms", f"{switch_ms / one_step_cfg_ms:.2f} of one cfg step ({one_step_cfg_ms:.1f} ms)"))
+    for mode in pairs:
+        ms = statistics.median(switch_s[mode]) * 1000
+        rows.append((f"switch cost, {mode} experts ({len(modules)} linear layers, rank 32)",
+                     f"{ms:.2f} ms", f"{ms / one_step_cfg_ms:.3f} of one cfg step ({one_step_cfg_ms:.1f} ms)"))
+    ratio = statistics.median(run_s["forward"]) / statistics.median(run_s["merged"])
+    rows.append(("10-step run (5 + 5, cfg 3), forward experts / merged experts", f"{ratio:.3f}x",
+                 f"{statistics.median(run_s['forward']):.3f} s vs {statistics.median(run_s['merged']):.3f} s; "
+                 f"experts hold {experts.nbytes() / 2**20:.1f} MiB"))
+    slow, fast = pairs["forward"]
 
     # 3. Glance 10 steps (5 slow cfg 3 + 5 fast cfg 1) vs stock 50 steps cfg 3
     mm.unload_all_models()

@@ -2,7 +2,9 @@
 
 Debian's ``chromium`` is launched by Playwright through its own executable (no browser download). ``Frontend``
 opens the page of a live server, drops workflow files on it the way a user does, reads back what the page made
-of them (missing node types, the pack's inputs and tooltips, ``app.graphToPrompt()``) and clicks its Run button.
+of them (missing node types, nodes shown with errors, dialogs, toasts and error notices, the pack's inputs and
+tooltips, ``app.graphToPrompt()``) and clicks its Run button. Works with the frontends of ComfyUI v0.3.64 (1.27)
+and v0.33 (1.49).
 ``compare_prompts`` matches the frontend's prompt to an API twin node by node (ids may differ).
 """
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 import os
 import shutil
 from pathlib import Path
+
+import glance_server as gs
 
 PACK_MODULE = "custom_nodes.comfyui-glance"
 # Playwright adds --headless and a fresh temporary --user-data-dir itself.
@@ -39,7 +43,7 @@ def skip_reason() -> str | None:
     return None
 
 
-# --- in-page scripts (frontend 1.27: window.app, window.LiteGraph) ----------------------------------------
+# --- in-page scripts (frontends 1.27 and 1.49: window.app, window.LiteGraph) -----------------------------
 
 _DROP = """async ([text, name]) => {
   const dt = new DataTransfer();
@@ -57,13 +61,22 @@ _LOADED = """([ids, before]) => {
   return active !== before && have === ids;
 }"""
 
+# Idle: 1.49 covers the page with a busy mask (PrimeVue BlockUI, full screen) while it starts and while it handles a
+# drop. Acting before it is gone is not what a user can do, and a drop during the start's mask fade-out leaves a
+# mask behind for good (the new mask is removed in place of the old one), which then takes every click.
+_IDLE = "() => !document.querySelector('.p-blockui-mask')"
+
+# Error notices: 1.49 no longer opens a dialog for missing node types, models or media: it shows an error overlay
+# ("Missing node: ...", "6 errors found") in the corner of the canvas, and marks the nodes it names with has_errors.
+_ERROR_OVERLAY = '[data-testid="error-overlay"]'
+
 _STATE = """(types) => {
   if (!types) types = [...new Set(window.app.graph.nodes.map(n => n.type))];
   const registered = window.LiteGraph.registered_node_types;
-  const dialogs = Array.from(document.querySelectorAll('.p-dialog')).filter(d => d.offsetParent !== null)
-    .map(d => d.innerText.replace(/\\s+/g, ' ').slice(0, 300));
-  const toasts = Array.from(document.querySelectorAll('.p-toast-message-error, .p-toast-message-warn'))
-    .map(t => t.innerText.replace(/\\s+/g, ' ').slice(0, 300));
+  const text = e => e.innerText.replace(/\\s+/g, ' ').slice(0, 300);
+  const dialogs = Array.from(document.querySelectorAll('.p-dialog')).filter(d => d.offsetParent !== null).map(text);
+  const toasts = Array.from(document.querySelectorAll('.p-toast-message-error, .p-toast-message-warn')).map(text);
+  const notices = Array.from(document.querySelectorAll('%s')).filter(e => e.getClientRects().length > 0).map(text);
   const nodes = window.app.graph.nodes.map(n => {
     const def = n.constructor.nodeData;
     const inputs = [];
@@ -80,8 +93,8 @@ _STATE = """(types) => {
     return {id: n.id, type: n.type, has_errors: !!n.has_errors, registered: n.type in registered,
             pack: !!def && def.python_module === '%s', inputs};
   });
-  return {nodes, dialogs, toasts, unregistered: types.filter(t => !(t in registered))};
-}""" % (PACK_MODULE, PACK_MODULE)
+  return {nodes, dialogs, toasts, notices, unregistered: types.filter(t => !(t in registered))};
+}""" % (_ERROR_OVERLAY, PACK_MODULE, PACK_MODULE)
 
 _WIDGETS = """(values) => {
   const missing = [];
@@ -89,6 +102,12 @@ _WIDGETS = """(values) => {
     const node = window.app.graph.getNodeById(Number(id));
     const widget = node && (node.widgets || []).find(w => w.name === name);
     if (!widget) { missing.push(id + '.' + name); continue; }
+    let options = widget.type === 'combo' && widget.options ? widget.options.values : null;
+    if (typeof options === 'function') options = options(widget, node);
+    if (Array.isArray(options) && !options.includes(value)) {
+      missing.push(id + '.' + name + ' = ' + JSON.stringify(value) + ' (not among its options)');
+      continue;
+    }
     widget.value = value;
     if (widget.callback) widget.callback(value);
   }
@@ -115,6 +134,7 @@ class Frontend:
             self.page.wait_for_function("window.app && window.app.graph && window.LiteGraph && "
                                         "Object.keys(window.LiteGraph.registered_node_types).length > 0",
                                         timeout=60_000)
+            self.page.wait_for_function(_IDLE, timeout=60_000)
         except BaseException:
             self.__exit__()
             raise
@@ -134,6 +154,7 @@ class Frontend:
         before = self.page.evaluate(_ACTIVE)
         self.page.evaluate(_DROP, [text, path.name])
         self.page.wait_for_function(_LOADED, arg=[ids, before], timeout=30_000)
+        self.page.wait_for_function(_IDLE, timeout=30_000)
         self.page.evaluate("() => window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
         self.page.wait_for_timeout(300)  # dialogs and toasts of the load appear within a frame or two
         return self.page.evaluate(_STATE, sorted({n["type"] for n in graph["nodes"]}))
@@ -143,13 +164,19 @@ class Frontend:
         return self.page.evaluate(_STATE, None)
 
     def dismiss_dialogs(self) -> None:
-        """Close open dialogs (Escape, as a user does) so that the next drop starts clean."""
+        """Close open dialogs (Escape) and error notices (their close button), as a user does, so that the next
+        drop starts clean."""
         for _ in range(3):
             if not self.page.evaluate("() => Array.from(document.querySelectorAll('.p-dialog'))"
                                       ".some(d => d.offsetParent !== null)"):
-                return
+                break
             self.page.keyboard.press("Escape")
             self.page.wait_for_timeout(200)
+        close = self.page.locator(f'{_ERROR_OVERLAY} [data-testid="error-overlay-dismiss"]')
+        for i in range(close.count()):
+            if close.nth(i).is_visible():
+                close.nth(i).click()
+        self.page.wait_for_timeout(200)
 
     def wait_for_images(self, node_id, timeout_ms: int = 30_000) -> None:
         """Wait until the page shows the images a node output (its executed message reached the page)."""
@@ -162,12 +189,17 @@ class Frontend:
         return self.page.evaluate("async () => (await window.app.graphToPrompt()).output")
 
     def set_widgets(self, values: list[tuple[str, str, object]]) -> list[str]:
-        """Set widgets (node id, widget name, value) as a user picking values would; returns those not found."""
+        """Set widgets (node id, widget name, value) as a user picking values would; returns those not found, and
+        combo values that are not among the widget's options (what the user can pick from)."""
         return self.page.evaluate(_WIDGETS, [list(v) for v in values])
 
     def click_run(self) -> str:
-        """Click the Run (queue) button; returns the prompt id the server gave the page's POST /prompt."""
-        button = self.page.locator('[data-testid="queue-button"] button').first
+        """Click the Run (queue) button; returns the prompt id the server gave the page's POST /prompt.
+
+        1.27 puts ``data-testid="queue-button"`` on a split button (Run is its first button, the mode menu its
+        second); 1.49 puts it on the Run button itself."""
+        button = self.page.locator('button[data-testid="queue-button"], '
+                                   '[data-testid="queue-button"]:not(button) button').first
         with self.page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as info:
             button.click()
         response = info.value
@@ -211,8 +243,9 @@ def match_ids(front: dict, twin: dict) -> tuple[dict, list[str]]:
     return mapping, problems
 
 
-def compare_prompts(front: dict, twin: dict) -> list[str]:
-    """Differences between the frontend's prompt and an API twin (node types, links, widget values)."""
+def compare_prompts(front: dict, twin: dict, object_info: dict) -> list[str]:
+    """Differences between the frontend's prompt and an API twin (node types, links, widget values); an input
+    that a newer host added is no difference at its default value."""
     mapping, problems = match_ids(front, twin)
     for front_id, twin_id in mapping.items():
         f_node, t_node = front[front_id], twin[twin_id]
@@ -223,6 +256,8 @@ def compare_prompts(front: dict, twin: dict) -> list[str]:
                 problems.append(f"{where}: input '{name}' = {t_inputs[name]!r} in the twin, absent in the frontend's prompt")
                 continue
             if name not in t_inputs:
+                if gs.added_by_host(t_node["class_type"], name, f_inputs[name], object_info):
+                    continue
                 problems.append(f"{where}: input '{name}' = {f_inputs[name]!r} in the frontend's prompt, absent in the twin")
                 continue
             value, expected = f_inputs[name], t_inputs[name]

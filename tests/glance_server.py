@@ -343,3 +343,22 @@ def kit_prompt(name: str, kit_files: dict) -> dict:
         elif cls == "CLIPTextEncode" and title in ("Prompt", "Caption"):
             overrides[f"{title}.text"] = "a handwritten digit 3"
     return apply_overrides(api, overrides)
+
+
+def write_stand_ins(base_dir: Path, apis) -> dict[str, str]:
+    """What a user who has the files installed has: a stand-in under every model file the API workflows ``apis``
+    name (``write_placeholders``) and a real image under every Load Image file name (in input/). The server's
+    validation and the frontend's missing-model and missing-media checks then find them. Returns
+    {file name: models sub-folder, or "input"}."""
+    files = {}
+    for api in apis:
+        files.update(file_inputs(api))
+    write_placeholders(base_dir, files)
+    for api in apis:
+        for node in api.values():
+            image = node["inputs"].get("image")
+            if node["class_type"] == "LoadImage" and isinstance(image, str):
+                if not (base_dir / "input" / image).exists():
+                    write_digit_png(base_dir / "input" / image)
+                files[image] = "input"
+    return files

@@ -1,8 +1,10 @@
 """The shipped workflows in the real ComfyUI frontend, in headless Chromium, on a live server with the pack.
 
-Each UI workflow is dropped on the canvas as a user drops it: no node type may be missing, every input of the
-pack's nodes is shown with a tooltip, and the frontend's own conversion (``app.graphToPrompt``, what its Run
-button sends) equals the API twin. One workflow is then run from the Run button on the small demo kit.
+Each UI workflow is dropped on the canvas as a user with its files installed drops it (stand-ins under every
+file name it uses): no node type may be missing, no node is shown with errors (frontend 1.49 also marks loaders
+whose file the server does not list) and no error is shown, every input of the pack's nodes is shown with a
+tooltip, and the frontend's own conversion (``app.graphToPrompt``, what its Run button sends) equals the API
+twin. One workflow is then run from the Run button on the small demo kit.
 
 Screenshots go to the test's tmp folder; ``GLANCE_UPDATE_PREVIEWS=1`` also writes them as the previews
 ``workflows/<name>.jpg`` (the file the host's template browser shows). ``GLANCE_BROWSER_WORKFLOWS=DIR`` tests
@@ -34,9 +36,17 @@ SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Co
 
 
 @pytest.fixture(scope="module")
-def frontend(live):
+def installed_files(live, kit_files):
+    """Stand-ins under every file the tested workflows name, and the demo kit's files, before the page loads (the
+    frontend lists a folder's files in the loaders' options from /object_info when it opens)."""
+    return gs.write_stand_ins(live.base_dir, [_twin(name) for name in NAMES])
+
+
+@pytest.fixture(scope="module")
+def frontend(live, installed_files):
     live.client.post_json("/settings", SETTINGS)
     with gb.Frontend(live.server.url) as fe:
+        fe.object_info = live.object_info()
         yield fe
 
 
@@ -59,6 +69,7 @@ def _load_problems(state: dict) -> list[str]:
                  if n["has_errors"] and n["type"] not in state["unregistered"]]
     problems += [f"dialog shown: {d}" for d in state["dialogs"]]
     problems += [f"toast shown: {t}" for t in state["toasts"]]
+    problems += [f"error notice shown: {t}" for t in state["notices"]]
     return problems
 
 
@@ -81,7 +92,7 @@ def test_drop_loads_with_no_missing_node_and_tooltips_on_every_input(frontend, t
 def test_frontend_prompt_equals_api_twin(frontend, name):
     frontend.drop(WORKFLOWS / f"{name}.json")
     frontend.dismiss_dialogs()
-    _assert_none(gb.compare_prompts(frontend.graph_to_prompt(), _twin(name)),
+    _assert_none(gb.compare_prompts(frontend.graph_to_prompt(), _twin(name), frontend.object_info),
                  f"{name}: the frontend's prompt (app.graphToPrompt) differs from api/{name}.json")
 
 
@@ -97,7 +108,7 @@ def test_run_button_queues_and_finishes_on_the_small_kit(live, kit_files, fronte
              if not isinstance(v, list) and twin[i]["inputs"].get(k) != v]
     assert edits, "the kit changes no widget"
     assert frontend.set_widgets(edits) == []
-    _assert_none(gb.compare_prompts(frontend.graph_to_prompt(), kit), "the page's prompt is not the kit prompt")
+    _assert_none(gb.compare_prompts(frontend.graph_to_prompt(), kit, frontend.object_info), "the page's prompt is not the kit prompt")
 
     prompt_id = frontend.click_run()
     entry = live.client.wait(prompt_id, timeout=120)

@@ -6,6 +6,7 @@ pytestmark = [pytest.mark.host, pytest.mark.server]
 
 PACK_NODES = {
     "GlancePhaseKSampler": "sampling/glance",
+    "GlancePhaseGuider": "sampling/glance",
     "GlanceSigmas": "sampling/glance",
     "GlanceLoraLoader": "sampling/glance",
     "GlanceTrainLoRA": "training/glance",

@@ -177,7 +177,7 @@ def test_released_glance_format_loads_in_glance_loader(comfy, pack, base_dir):
     assert len(patches) == len(modules)
     with torch.inference_mode():
         slow, fast = comfy.NODE_CLASS_MAPPINGS["GlanceLoraLoader"].execute(
-            model, "glance_release_style.safetensors", 1.0, "None", 1.0).args
+            model, "glance_release_style.safetensors", 1.0, "None", 1.0, apply="merged").args
     import comfy.model_management as mm
 
     base = {name: model.model.diffusion_model.get_submodule(name).weight.detach().clone() for name, _, _ in modules}
