@@ -43,6 +43,29 @@ def _check_latent_fits(model, latent_image, name):
         raise ValueError(f"latent_image has shape {tuple(latent_image.shape)}, which {name} cannot sample.")
 
 
+def _phase_models():
+    """The inputs both phase nodes share, in the order both show them: the two models and the prompts."""
+    return [
+        io.Model.Input("model_slow", tooltip="Model for the early, high-noise steps (e.g. base + Glance Slow-LoRA)."),
+        io.Model.Input("model_fast", tooltip="Model for the late, low-noise steps (e.g. base + Glance Fast-LoRA)."),
+        io.Conditioning.Input("positive", tooltip="What the image should show."),
+        io.Conditioning.Input("negative", tooltip="What to steer away from; unused in a phase whose cfg is 1.0."),
+    ]
+
+
+def _switch_input(tooltip: str):
+    return io.Float.Input("switch_sigma", default=0.9, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
+                          tooltip=tooltip)
+
+
+def _cfg_inputs(slow_tip: str):
+    return [
+        io.Float.Input("cfg_slow", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=slow_tip),
+        io.Float.Input("cfg_fast", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                       tooltip="CFG scale of the fast phase; 1.0 skips the negative pass (half the cost per step)."),
+    ]
+
+
 class GlancePhaseKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -57,22 +80,15 @@ class GlancePhaseKSampler(io.ComfyNode):
                 "its negative pass. Works with Glance Slow/Fast LoRAs, a light and a full backbone, or Wan 2.2 experts."
             ),
             inputs=[
-                io.Model.Input("model_slow", tooltip="Model for the early, high-noise steps (e.g. base + Glance Slow-LoRA)."),
-                io.Model.Input("model_fast", tooltip="Model for the late, low-noise steps (e.g. base + Glance Fast-LoRA)."),
-                io.Conditioning.Input("positive", tooltip="What the image should show."),
-                io.Conditioning.Input("negative", tooltip="What to steer away from; unused in a phase whose cfg is 1.0."),
+                *_phase_models(),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise (an empty latent for text-to-image)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the initial noise (and of ancestral/SDE noise)."),
                 io.Int.Input("steps", default=10, min=1, max=STEPS_MAX,
                              tooltip="Total steps when no sigmas are connected; the scheduler spreads them over the model's sigma range."),
-                io.Float.Input("switch_sigma", default=0.9, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
-                               tooltip="Steps starting above this sigma use model_slow, the rest model_fast. Flow models run "
-                                       "from sigma 1 to 0; the Glance presets switch near 0.9. Outside the schedule, one phase runs alone."),
-                io.Float.Input("cfg_slow", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="CFG scale of the slow phase (the paper uses true CFG 5 for Qwen-Image)."),
-                io.Float.Input("cfg_fast", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="CFG scale of the fast phase; 1.0 skips the negative pass (half the cost per step)."),
+                _switch_input("Steps starting above this sigma use model_slow, the rest model_fast. Flow models run "
+                              "from sigma 1 to 0; the Glance presets switch near 0.9. Outside the schedule, one phase runs alone."),
+                *_cfg_inputs("CFG scale of the slow phase (the paper uses true CFG 5 for Qwen-Image)."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
                                tooltip="Sampler for the whole run (one continuous pass across the switch)."),
                 io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
@@ -130,17 +146,10 @@ class GlancePhaseGuider(io.ComfyNode):
                 "model_slow with cfg_slow, the rest on model_fast with cfg_fast, in one sampling pass."
             ),
             inputs=[
-                io.Model.Input("model_slow", tooltip="Model for the early, high-noise steps (e.g. base + Glance Slow-LoRA)."),
-                io.Model.Input("model_fast", tooltip="Model for the late, low-noise steps (e.g. base + Glance Fast-LoRA)."),
-                io.Conditioning.Input("positive", tooltip="What the image should show."),
-                io.Conditioning.Input("negative", tooltip="What to steer away from; unused in a phase whose cfg is 1.0."),
-                io.Float.Input("cfg_slow", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="CFG scale of the slow phase."),
-                io.Float.Input("cfg_fast", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="CFG scale of the fast phase; 1.0 skips the negative pass."),
-                io.Float.Input("switch_sigma", default=0.9, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
-                               tooltip="Steps starting above this sigma use model_slow, the rest model_fast "
-                                       "(connect Glance Sigmas' switch_sigma)."),
+                *_phase_models(),
+                *_cfg_inputs("CFG scale of the slow phase."),
+                _switch_input("Steps starting above this sigma use model_slow, the rest model_fast "
+                              "(connect Glance Sigmas' switch_sigma)."),
             ],
             outputs=[io.Guider.Output(display_name="GUIDER", tooltip="Connect to SamplerCustomAdvanced's guider.")],
         )
