@@ -155,7 +155,8 @@ class PhaseGuider(comfy.samplers.CFGGuider):
         try:
             return self.fast.sample(noise, latent_image, handover, sigmas, denoise_mask, None, True, seed)
         finally:
-            self._run = None
+            # last_run keeps the report only: no reference to the prepared guider, its conds or options.
+            self._run = run.fast_guider = run.fast_options = run.slow_options = None
 
     def sample_slow(self, *args):
         """The slow guider's own run (CFGGuider.sample), with this guider as the model the sampler calls."""
