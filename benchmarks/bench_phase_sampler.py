@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' small-model builders
 sys.path.append(str(ROOT))  # `cli`; appended, so that the host's `nodes` module wins over the pack's folder
 from cli.host import pack_module, start_in_process  # noqa: E402
 
@@ -46,7 +45,7 @@ def main():
     nodes = start_in_process(Path(tempfile.mkdtemp(prefix="glance-bench-")))
     import comfy.model_management as mm
     import comfy.sd
-    import glance_models as gm
+    from benchmarks import models as gm
 
     torch.manual_seed(0)
     model = gm.make_flux(seed=0, std=0.02, depth=4, single=4, hidden_size=hidden, num_heads=hidden // 64, axes_dim=[16, 24, 24])

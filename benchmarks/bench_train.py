@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' small-model builders
 sys.path.append(str(ROOT))  # `cli`; appended, so that the host's `nodes` module wins over the pack's folder
 from cli.host import pack_module, start_in_process  # noqa: E402
-import glance_models as gm  # noqa: E402
+from benchmarks import models as gm  # noqa: E402
 
 BENCH_FLUX = dict(hidden_size=128, num_heads=2, axes_dim=[16, 24, 24])
 BENCH_DEPTH = (2, 4)  # double, single blocks

@@ -1,5 +1,5 @@
 """Forward-pass experts (GlanceLoraLoader apply=forward): same pictures as merged LoRAs, base never written, one load."""
-import glance_models as gm
+from benchmarks import models as gm
 import pytest
 import torch
 

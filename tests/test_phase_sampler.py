@@ -2,7 +2,7 @@
 import logging
 import math
 
-import glance_models as gm
+from benchmarks import models as gm
 import pytest
 import torch
 

@@ -1,5 +1,5 @@
 """GlanceSigmas: published presets, split schedules from the model's own scheduler, and the plot."""
-import glance_models as gm
+from benchmarks import models as gm
 import pytest
 import torch
 

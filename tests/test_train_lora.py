@@ -6,7 +6,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-import glance_models as gm
+from benchmarks import models as gm
 
 pytestmark = [pytest.mark.host, pytest.mark.usefixtures("one_thread")]
 
