@@ -59,14 +59,28 @@ def _expert_patches(model):
     return modules, out
 
 
-def _expert_pairs(model, slow_p, fast_p):
+def _expert_pairs(model, slow_p, fast_p, in_model: dict | None = None):
+    """{mode: (slow, fast)}; with ``in_model``, each mode's model calls add their seconds to in_model[mode]."""
     merged = []
     for p in (slow_p, fast_p):
         merged.append(model.clone())
         merged[-1].add_patches(p, 1.0)
     forward, experts = pack_module("nodes.forward_experts").forward_expert_clones(
         model, {"slow": (slow_p, 1.0), "fast": (fast_p, 1.0)})
-    return {"merged": tuple(merged), "forward": (forward["slow"], forward["fast"])}, experts
+    pairs = {"merged": tuple(merged), "forward": (forward["slow"], forward["fast"])}
+    if in_model is not None:
+        for mode, pair in pairs.items():
+            in_model[mode] = 0.0
+
+            def timer(apply_model, a, mode=mode):
+                start = time.perf_counter()
+                out = apply_model(a["input"], a["timestep"], **a["c"])
+                in_model[mode] += time.perf_counter() - start
+                return out
+
+            for clone in pair:
+                clone.set_model_unet_function_wrapper(timer)
+    return pairs, experts
 
 
 def _run_pair(slow, fast, pos, neg, latent):
@@ -105,7 +119,8 @@ def experts_at_scale(args, nodes, repeats):
     model = _expert_model(args.quick)
     params = sum(p.numel() for p in model.model.diffusion_model.parameters())
     modules, (slow_p, fast_p) = _expert_patches(model)
-    pairs, experts = _expert_pairs(model, slow_p, fast_p)
+    in_model = {}
+    pairs, experts = _expert_pairs(model, slow_p, fast_p, in_model)
     pos, neg = gm.conditioning("flux", 1), gm.conditioning("flux", 2)
     latent = gm.empty_latent(8, 8)["samples"]
     for slow, fast in pairs.values():  # warm-up, and the first load of each mode
@@ -113,13 +128,15 @@ def experts_at_scale(args, nodes, repeats):
     run_s = {k: [] for k in pairs}
     switch_s = {k: [] for k in pairs}
     written = {k: [] for k in pairs}
+    model_s = {k: [] for k in pairs}
     for _ in range(repeats):
         for mode, (slow, fast) in pairs.items():
             # The other mode ran last: first a run that brings this mode's weights back (not timed), then the
             # measured run, as a user's second run of the same workflow.
             _run_pair(slow, fast, pos, neg, latent)
-            before = _weights_state(model)
+            before, in_model[mode] = _weights_state(model), 0.0
             t, sw = _run_pair(slow, fast, pos, neg, latent)
+            model_s[mode].append(in_model[mode])
             written[mode].append(_bytes_written(before, _weights_state(model)))
             run_s[mode].append(t)
             switch_s[mode].append(sw)
@@ -128,6 +145,7 @@ def experts_at_scale(args, nodes, repeats):
     mm.unload_all_models()
     memory = {mode: _probe(mode, args.quick) for mode in pairs}
     step = {mode: statistics.median(run_s[mode]) / EXPERT_STEPS for mode in pairs}
+    pure = {mode: statistics.median(model_s[mode]) / EXPERT_STEPS for mode in pairs}
     what = (f"{params / 1e6:.0f}M-param FLUX-width model in bf16, rank-32 bf16 experts on "
             f"{len(modules)} layers ({experts.nbytes() / 2**20:.1f} MiB for both)")
     rows = [(f"switch, forward experts ({what})", f"{statistics.median(switch_s['forward']) * 1000:.2f} ms",
@@ -135,8 +153,11 @@ def experts_at_scale(args, nodes, repeats):
             ("switch, merged experts (apply=merged)", f"{statistics.median(switch_s['merged']) * 1000:.1f} ms",
              f"{statistics.median(written['merged']) / 2**20:.0f} MiB of base weights written per run; "
              f"{statistics.median(switch_s['merged']) / step['merged']:.2f} of a step"),
-            ("time per step, forward experts / merged experts", f"{step['forward'] / step['merged']:.3f}x",
-             f"{step['forward'] * 1000:.0f} ms vs {step['merged'] * 1000:.0f} ms ({EXPERT_STEPS}-step runs, cfg 1)"),
+            ("time per step in the model, forward experts / merged experts", f"{pure['forward'] / pure['merged']:.3f}x",
+             f"{pure['forward'] * 1000:.0f} ms vs {pure['merged'] * 1000:.0f} ms: the model's forward passes only"),
+            ("whole run per step, forward experts / merged experts", f"{step['forward'] / step['merged']:.3f}x",
+             f"{step['forward'] * 1000:.0f} ms vs {step['merged'] * 1000:.0f} ms ({EXPERT_STEPS}-step runs, cfg 1; "
+             "merged includes its weight swaps)"),
             ("memory added: forward experts", f"{memory['forward']['kept'] / 2**20:+.0f} MiB kept",
              f"{memory['forward']['peak'] / 2**20:+.0f} MiB peak RSS; the experts' own size: {experts.nbytes() / 2**20:.1f} MiB"),
             ("memory added: merged experts", f"{memory['merged']['kept'] / 2**20:+.0f} MiB kept",
@@ -186,6 +207,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller model and fewer repeats")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--only-experts", action="store_true", help="only measurement 2 (forward vs merged experts)")
     parser.add_argument("--memory-probe", choices=["forward", "merged"], help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
     if args.memory_probe:
@@ -196,6 +218,8 @@ def main():
     import tempfile
 
     nodes = start_in_process(Path(tempfile.mkdtemp(prefix="glance-bench-")))
+    if args.only_experts:
+        return report(["2. forward vs merged experts"], experts_at_scale(args, nodes, repeats), args)
     import comfy.model_management as mm
     import comfy.sd
     from benchmarks import models as gm
@@ -206,8 +230,6 @@ def main():
     latent = gm.empty_latent(latent_px, latent_px)
     ksampler = nodes.NODE_CLASS_MAPPINGS["KSampler"]()
     glance = nodes.NODE_CLASS_MAPPINGS["GlancePhaseKSampler"]
-    sampling = pack_module("nodes.phase_sampling")
-    host_version = pack_module("host_compat").host_version()
     params = sum(p.numel() for p in model.model.diffusion_model.parameters())
 
     def stock(steps, cfg, m=model):
@@ -252,7 +274,11 @@ def main():
 
     # 2. the experts of one base: forward (default) vs merged, on a FLUX-width model stored in bf16
     rows += experts_at_scale(args, nodes, repeats)
-    slow, fast = model, model
+    modules = [m for m in gm.linear_modules(model) if "blocks" in m]
+    patches = pack_module("nodes.lora_patches").lora_patches
+    slow_p, fast_p = (patches(model, gm.random_lora(model, modules, rank=32, seed=s, scale=0.01), f"lora {s}") for s in (1, 2))
+    experts, _ = pack_module("nodes.forward_experts").forward_expert_clones(model, {"slow": (slow_p, 1.0), "fast": (fast_p, 1.0)})
+    slow, fast = experts["slow"], experts["fast"]
 
     # 3. Glance 10 steps (5 slow cfg 3 + 5 fast cfg 1) vs stock 50 steps cfg 3
     mm.unload_all_models()
@@ -265,10 +291,16 @@ def main():
                  f"{statistics.median(t50) / statistics.median(t10):.2f}x faster",
                  f"{statistics.median(t10):.3f} s vs {statistics.median(t50):.3f} s"))
 
-    print(f"\nModel: Flux-architecture transformer, hidden {hidden}, 4+4 blocks, {params / 1e6:.1f}M params, "
-          f"latent {latent_px}x{latent_px}, CPU ({torch.get_num_threads()} threads), {repeats} interleaved repeats, medians; "
+    report([f"Model: Flux-architecture transformer, hidden {hidden}, 4+4 blocks, {params / 1e6:.1f}M params, "
+            f"latent {latent_px}x{latent_px}"], rows, args)
+
+
+def report(what: list[str], rows: list[tuple], args) -> None:
+    host_version = pack_module("host_compat").host_version()
+    flags = " ".join(f for f, on in (("--quick", args.quick), ("--only-experts", args.only_experts)) if on)
+    print(f"\n{'; '.join(what)}; CPU ({torch.get_num_threads()} threads), interleaved repeats, medians; "
           f"load average {os.getloadavg()[0]:.1f} at the end.")
-    print(f"Host: ComfyUI {host_version}. Command: python benchmarks/bench_phase_sampler.py{' --quick' if args.quick else ''}\n")
+    print(f"Host: ComfyUI {host_version}. Command: python benchmarks/bench_phase_sampler.py {flags}\n")
     print("| measurement | result | detail |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
