@@ -102,6 +102,36 @@ def write_sd3_file(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def _full_flux_dev_layout() -> dict:
+    """FLUX.1-dev's keys and the shapes the detector reads (hidden 3072, T5 4096, CLIP-L 768, 19 + 38 blocks)."""
+    sd = {"img_in.weight": _meta(3072, 64), "txt_in.weight": _meta(3072, 4096),
+          "vector_in.in_layer.weight": _meta(3072, 768), "guidance_in.in_layer.weight": _meta(3072, 256)}
+    sd.update({f"double_blocks.{i}.img_attn.norm.key_norm.scale": _meta(128) for i in range(19)})
+    sd.update({f"single_blocks.{i}.norm.key_norm.scale": _meta(128) for i in range(38)})
+    return sd
+
+
+def _full_qwen_image_layout() -> dict:
+    """Qwen-Image's keys and the shapes the detector reads (hidden 3072, Qwen2.5-VL 3584, 60 blocks)."""
+    sd = {"txt_norm.weight": _meta(3584), "img_in.weight": _meta(3072, 64), "proj_out.weight": _meta(64, 3072)}
+    sd.update({f"transformer_blocks.{i}.img_mod.1.weight": _meta(18432, 3072) for i in range(60)})
+    return sd
+
+
+def make_full_size_on_meta(kind: str, dtype=torch.bfloat16, compute_dtype=torch.bfloat16):
+    """The full-size FLUX.1-dev ("flux") or Qwen-Image ("qwen") diffusion model as the host builds it from a file
+    stored in ``dtype``, on the ``meta`` device: every layer and shape, no memory and no weights (for sizes only)."""
+    import comfy.model_detection
+    import comfy.model_patcher
+
+    layout = {"flux": _full_flux_dev_layout, "qwen": _full_qwen_image_layout}[kind]()
+    config = comfy.model_detection.model_config_from_unet_config(comfy.model_detection.detect_unet_config(layout, ""))
+    config.set_inference_dtype(dtype, None if compute_dtype == dtype else compute_dtype)
+    model = config.get_model({}, device="meta")
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
 def conditioning(kind: str, seed: int = 1, tokens: int = 8, std: float = 1.0):
     """A [[cond, extras]] conditioning list with the extras each architecture needs."""
     gen = torch.Generator().manual_seed(seed)

@@ -14,6 +14,8 @@ What is emulated, and how:
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import safetensors
 import safetensors.torch
@@ -72,7 +74,7 @@ def assert_untouched(model, before):
         assert t is obj, f"{name}: the model holds another Parameter object"
         assert (t.dtype, t.device, t.requires_grad) == (dtype, device, requires_grad), name
         with torch.inference_mode(False):
-            assert torch.equal(t.detach().float(), values), f"{name}: values changed"
+            assert torch.allclose(t.detach().float(), values, rtol=0, atol=0, equal_nan=True), f"{name}: values changed"
     dm = model.model.diffusion_model
     assert not hasattr(dm, "peft_config")
     assert not [n for n, m in dm.named_modules() if m._forward_hooks or m._forward_pre_hooks], "hooks left on the model"
@@ -243,3 +245,29 @@ def test_nan_latent_from_the_vae_is_an_error_naming_the_vae(comfy, base_dir):
         train(comfy, "flux", gm.make_flux(), "gpu_paths/nan_vae", vae=vae)
     assert "learning_rate" not in str(err.value)
     assert not (base_dir / "models" / "loras" / "gpu_paths" / "nan_vae.safetensors").exists()
+
+
+def test_gpu_check_runs_its_code_path_on_cpu(comfy):
+    """benchmarks/gpu_check.py --cpu-smoke, in-process: file -> stock loader (bf16, fp8) -> train slow + fast -> sample."""
+    import folder_paths
+
+    from benchmarks import gpu_check
+
+    if not gpu_check.stock_loader_reads(gpu_check.TINY):
+        pytest.skip("this host's stock loader reads only full-width FLUX files (v0.3.64 fixes the widths): the smoke "
+                    "model would have 0.4B parameters; run `python benchmarks/gpu_check.py --cpu-smoke` by hand")
+    gpu_check.write_model(Path(folder_paths.get_folder_paths("diffusion_models")[0]) / gpu_check.FILE, gpu_check.TINY)
+    for storage in ("default", "fp8_e4m3fn"):
+        row = gpu_check.check(comfy, storage, gpu_check.TINY, 64, 2, torch.device("cpu"))
+        assert row["finite"] and row["s_per_step"] > 0 and row["estimate"] > 0 and row["switch_ms"] >= 0, row
+
+
+def test_nan_loss_on_inference_mode_weights_restores_the_model(comfy, base_dir):
+    with torch.inference_mode():
+        model = gm.make_flux(dtype=torch.bfloat16, compute_dtype=torch.bfloat16)
+        model.model.diffusion_model.final_layer.linear.weight[0, 0] = float("nan")  # a broken checkpoint
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="loss is nan"):
+        train(comfy, "flux", model, "gpu_paths/nan_loss")
+    assert_untouched(model, before)
+    assert not (base_dir / "models" / "loras" / "gpu_paths" / "nan_loss.safetensors").exists()

@@ -118,8 +118,15 @@ def frozen_base(model: torch.nn.Module):
                     thawed.append(t)
         yield
     finally:
+        stuck = []
         for t, spare in reversed(swapped):
-            torch.utils.swap_tensors(t, spare)
+            try:
+                torch.utils.swap_tensors(t, spare)
+            except RuntimeError:  # still referenced by a live autograd graph: the caller must drop it first
+                stuck.append(tuple(t.shape))
         for t in thawed:
             with torch.inference_mode(t.is_inference()):  # an inference tensor's flag can only be set inside it
                 t.requires_grad_(True)
+        if stuck:
+            raise RuntimeError(f"model: {len(stuck)} weights (first of shape {stuck[0]}) could not be given back their "
+                               "own tensors after training; reload the model before using it again.")

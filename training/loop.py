@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -211,8 +212,8 @@ def train_lora(patcher, latent: torch.Tensor, positive: list, settings: TrainSet
             scaler = prec.scaler(device)
             gen = torch.Generator().manual_seed(settings.seed)
             view = (-1,) + (1,) * (x0.ndim - 1)
-            for step in range(settings.steps):
-                mm.throw_exception_if_processing_interrupted()
+
+            def one_step(step: int) -> None:
                 index = int(torch.randint(len(settings.sigmas), (1,), generator=gen))
                 noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device)
                 drop = float(torch.rand((), generator=gen)) < settings.caption_dropout
@@ -243,8 +244,18 @@ def train_lora(patcher, latent: torch.Tensor, positive: list, settings: TrainSet
                 optimizer.zero_grad(set_to_none=True)
                 result.losses.append(float(loss.item()))
                 result.sigmas_used.append(float(sigma_table[index]))
-                if on_step is not None:
-                    on_step(step, result.losses[-1], result.sigmas_used[-1], settings.steps)
+
+            try:
+                for step in range(settings.steps):
+                    mm.throw_exception_if_processing_interrupted()
+                    one_step(step)
+                    if on_step is not None:
+                        on_step(step, result.losses[-1], result.sigmas_used[-1], settings.steps)
+            except BaseException as e:
+                # A failed step's tensors (its autograd graph keeps the base's weights) must go before the base is
+                # restored; the traceback would keep them alive.
+                traceback.clear_frames(e.__traceback__)
+                raise
             result.adapters = {n: (p.down.detach().float().cpu().clone(), p.up.detach().float().cpu().clone())
                                for n, p in pairs.items()}
             del optimizer, params
