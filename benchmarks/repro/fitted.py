@@ -154,7 +154,7 @@ def try_on_current_kit(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     with torch.inference_mode():
-        bench_args = argparse.Namespace(out=run.HERE / "out_fitted", train_index=0)
+        bench_args = argparse.Namespace(out=run.HERE / "out", train_index=0)  # its comfy_base/ (git-ignored)
         b = run.load_bench(bench_args)
         held_out = [d for d in range(10) if d != run.TRAIN_DIGIT]
         size = b.image_size // 8
