@@ -61,3 +61,25 @@ def training_mode():
         yield
     finally:
         comfy.model_management.in_training = before
+
+
+def non_dynamic(patcher):
+    """A patcher whose weights are ordinary module tensors, for training.
+
+    v0.33 loads models with dynamic VRAM by default on GPUs (``ModelPatcherDynamic``, comfy-aimdo): weights are
+    streamed per layer into buffers that the host reuses for the next layer, so a weight autograd kept for the
+    backward pass would be overwritten. The host's own answer, used by its torch.compile and multi-GPU nodes, is the
+    non-dynamic delegate ``clone(disable_dynamic=True)``: the same model file loaded again the classic way (in RAM,
+    then onto the device), leaving the dynamic model as it was. v0.3.64 and CPU patchers are never dynamic.
+    """
+    is_dynamic = getattr(patcher, "is_dynamic", None)
+    if is_dynamic is None or not is_dynamic():
+        return patcher
+    try:
+        return patcher.clone(disable_dynamic=True)
+    except RuntimeError as e:
+        raise ValueError(
+            "model: this model is loaded with ComfyUI's dynamic VRAM, which training cannot use, and it was not made by "
+            "a model loader that can load it again without it. Load it with a core model loader, or start ComfyUI with "
+            f"--disable-dynamic-vram. ({e})"
+        ) from None

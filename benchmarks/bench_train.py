@@ -1,23 +1,32 @@
-"""Training speed and peak memory: GlanceTrainLoRA vs the host's built-in TrainLoraNode, one process, same model.
+"""Training speed and peak memory: GlanceTrainLoRA vs the host's built-in Train LoRA node, one process, same model.
 
-Both train rank-R LoRAs for N steps on the same small FLUX-architecture model (random weights) and the same latent,
-AdamW, fp32 on CPU (bf16 autocast on CUDA for ours; the host's node is given training_dtype bf16 there too),
-gradient checkpointing on (the host's FLUX training needs it). Timed: the whole call (setup + training). The host's node takes a latent; ours takes the image and encodes it
-once, so "GlanceTrainLoRA training" (train_lora on the same latent) is the like-for-like row, and the node row
-adds the VAE encode and the file save.
-Memory on CPU: peak resident set (VmHWM, reset before each run after returning freed memory to the OS) minus the
-resident set just before the run; on CUDA: torch's peak allocated bytes during the run.
+The model is an SD3-family MMDiT (random weights) written to a file and loaded with the stock UNETLoader, as a user's
+model is: v0.33's Train LoRA re-loads its model from the loader (``clone(force_deepcopy=True)``), which only works
+for a model a loader made. Both trainers train rank-R LoRAs for N steps on the same latent with AdamW, gradient
+checkpointing on, in fp32 on CPU (bf16 on CUDA: our autocast, the host's ``training_dtype``/``lora_dtype``).
+The host's node puts an adapter on every layer (it has no target choice); ours on the recipe's attention layers,
+and, in one more row, on every Linear layer (closer to the host's amount of work; the host also adapts norms and
+biases).
+On v0.33 the host's node has more settings (``bypass_mode``: adapters in the forward pass; ``offloading``: layer-wise
+checkpointing for offloaded weights); each combination runs and the best of them is the reference.
 
-    python benchmarks/bench_train.py [--steps 20] [--rank 16] [--repeats 2]
+Timed: the whole call (setup + training). The host's node takes a latent; ours takes the image and encodes it once, so
+"GlanceTrainLoRA training" (train_lora on the same latent) is the like-for-like row, and the node row adds the VAE
+encode and the file save. Memory on CPU: peak resident set (VmHWM, reset before each run after returning freed
+memory to the OS) minus the resident set just before the run; on CUDA: torch's peak allocated bytes during the run.
+
+    python benchmarks/bench_train.py [--steps 20] [--rank 16] [--repeats 3] [--hidden 256] [--resolution 256]
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import sys
 import time
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +34,15 @@ sys.path.append(str(ROOT))  # `cli`; appended, so that the host's `nodes` module
 from cli.host import pack_module, start_in_process  # noqa: E402
 from benchmarks import models as gm  # noqa: E402
 
-BENCH_FLUX = dict(hidden_size=128, num_heads=2, axes_dim=[16, 24, 24])
-BENCH_DEPTH = (2, 4)  # double, single blocks
+MODEL_FILE = "glance_bench_train_sd3.safetensors"
+
+
+def host_trainer_settings(nodes) -> list[dict]:
+    """The host node's speed/memory settings this host has: v0.33 bypass_mode x offloading, v0.3.64 none."""
+    cls = nodes.NODE_CLASS_MAPPINGS["TrainLoraNode"]
+    names = {name for section in ("required", "optional") for name in cls.INPUT_TYPES().get(section, {})}
+    axes = [name for name in ("bypass_mode", "offloading") if name in names]
+    return [dict(zip(axes, values)) for values in itertools.product((False, True), repeat=len(axes))]
 
 
 def run_host_trainer(nodes, **inputs):
@@ -78,7 +94,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=256, help="MMDiT width (depth = width / 64)")
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -89,11 +106,18 @@ def main():
     import comfy.model_management as mm
     import folder_paths
 
+    import comfy.utils
+
+    comfy.utils.set_progress_bar_enabled(False)  # the host trainer's console bar
     device = mm.get_torch_device()
-    model = gm.make_flux(seed=0, std=0.05, depth=BENCH_DEPTH[0], single=BENCH_DEPTH[1], **BENCH_FLUX)
+    path = Path(folder_paths.get_folder_paths("diffusion_models")[0]) / MODEL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(gm.sd3_state_dict(seed=0, hidden=args.hidden), str(path))
+    with torch.inference_mode():
+        model = nodes.NODE_CLASS_MAPPINGS["UNETLoader"]().load_unet(MODEL_FILE, "default")[0]
     vae = gm.make_tiny_vae()
     image = gm.sample_image(args.resolution)
-    positive = gm.conditioning("flux", 1)
+    positive = gm.conditioning("sd3", 1)
     with torch.inference_mode():
         latent = {"samples": vae.encode(image)}
     dtype = "bf16" if device.type == "cuda" else "fp32"
@@ -108,52 +132,66 @@ def main():
                               caption_dropout=0.0, gradient_checkpointing=True,
                               save_name=f"bench/run_{time.time_ns()}_{next(counter)}", resolution=args.resolution)
 
-    loop = pack_module("training.loop")
-    recipes = pack_module("training.recipes")
-    data = pack_module("training.data")
-    with torch.inference_mode(False):
+    loop, recipes, data = (pack_module(f"training.{m}") for m in ("loop", "recipes", "data"))
+    recipe = recipes.detect_recipe(model)
+    with torch.inference_mode():
         model_latent = data.encode_latent(vae, image, model)
-    flux_positive = [[c, {**e, "guidance": 1.0}] for c, e in positive]
+    ms = model.get_model_object("model_sampling")
+    sigmas = recipes.timesteps_to_sigmas(recipes.phase_timesteps(recipe, ms, "slow"), ms)
 
-    def ours_loop(steps):
-        recipe = recipes.FLUX
-        settings = loop.TrainSettings(sigmas=tuple(t / 1000 for t in recipe.slow_t), target_modules=recipe.target_modules,
-                                      rank=args.rank, alpha=float(args.rank), learning_rate=5e-4, steps=steps, seed=0,
-                                      gradient_checkpointing=True, block_lists=recipe.block_lists)
+    every_linear = tuple(n for n, m in model.model.diffusion_model.named_modules() if isinstance(m, torch.nn.Linear))
+
+    def ours_loop(steps, targets=recipe.target_modules):
+        settings = loop.TrainSettings(sigmas=sigmas, target_modules=targets, rank=args.rank,
+                                      alpha=float(args.rank), learning_rate=5e-4, steps=steps, seed=0,
+                                      gradient_checkpointing=True, block_lists=recipe.block_lists,
+                                      activation_per_token=dict(recipe.activation_per_token),
+                                      width_module=recipe.context_module)
         with torch.inference_mode():
-            loop.train_lora(model, model_latent, flux_positive, settings, recipe.arch)
+            loop.train_lora(model, model_latent, positive, settings, recipe.arch)
 
     def vae_encode(steps):
         with torch.inference_mode():
             vae.encode(image)
 
-    def host(steps):
-        with torch.inference_mode():
-            run_host_trainer(nodes, model=model, latents=latent, positive=positive, batch_size=1, steps=steps,
-                             grad_accumulation_steps=1, learning_rate=5e-4, rank=args.rank, optimizer="AdamW",
-                             loss_function="MSE", seed=0, training_dtype=dtype, lora_dtype=dtype, algorithm="LoRA",
-                             gradient_checkpointing=True, existing_lora="[None]")
+    def host(setting):
+        def run(steps):
+            with torch.inference_mode():
+                run_host_trainer(nodes, model=model, latents=latent, positive=positive, batch_size=1, steps=steps,
+                                 grad_accumulation_steps=1, learning_rate=5e-4, rank=args.rank, optimizer="AdamW",
+                                 loss_function="MSE", seed=0, training_dtype=dtype, lora_dtype=dtype, algorithm="LoRA",
+                                 gradient_checkpointing=True, existing_lora="[None]", **setting)
+        return run
 
-    ours(2), host(2), ours_loop(2)  # warm-up: imports, first-call allocations
-    runs = (("TrainLoraNode (host)", host), ("GlanceTrainLoRA training", ours_loop),
-            ("GlanceTrainLoRA node", ours), ("  of which VAE encode", vae_encode))
+    host_runs = [("TrainLoraNode (host)" + (" " + ", ".join(f"{k}={v}" for k, v in s.items()) if s else ""), host(s))
+                 for s in host_trainer_settings(nodes)]
+    for _, fn in host_runs:
+        fn(2)
+    ours(2), ours_loop(2)  # warm-up: imports, first-call allocations
+    runs = host_runs + [("GlanceTrainLoRA training", ours_loop),
+                        ("GlanceTrainLoRA training, every Linear layer", lambda n: ours_loop(n, every_linear)),
+                        ("GlanceTrainLoRA node", ours),
+                        ("  of which VAE encode", vae_encode)]
     results = {name: [] for name, _ in runs}
-    for _ in range(args.repeats):
+    for _ in range(args.repeats):  # interleaved, so that the machine's load hits every row alike
         for name, fn in runs:
             results[name].append(measure(lambda: fn(args.steps), device))
     rows = {name: (args.steps / min(t for t, _ in r), max(m for _, m in r)) for name, r in results.items()}
     ours_speed, ours_mem = rows["GlanceTrainLoRA training"]
-    host_speed, host_mem = rows["TrainLoraNode (host)"]
-    print(f"\nComfyUI {pack_module('host_compat').host_version()}. "
-          f"FLUX-architecture model hidden {BENCH_FLUX['hidden_size']}, {BENCH_DEPTH[0]}+{BENCH_DEPTH[1]} "
-          f"blocks, {sum(p.numel() for p in model.model.diffusion_model.parameters()) / 1e6:.2f}M params; latent "
-          f"{tuple(latent['samples'].shape)}; rank {args.rank}; {args.steps} steps; device {device}; threads {args.threads}")
-    print(f"{'trainer':<28}{'steps/s':>10}{'peak MiB':>12}")
+    host_rows = {name: rows[name] for name, _ in host_runs}
+    fastest = max(host_rows, key=lambda n: host_rows[n][0])
+    leanest = min(host_rows, key=lambda n: host_rows[n][1])
+    params = sum(p.numel() for p in model.model.diffusion_model.parameters())
+    print(f"\nComfyUI {pack_module('host_compat').host_version()}. SD3-family MMDiT hidden {args.hidden}, "
+          f"{args.hidden // 64} blocks, {params / 1e6:.2f}M params, loaded by UNETLoader; latent "
+          f"{tuple(latent['samples'].shape)}; rank {args.rank}; {args.steps} steps; device {device}; "
+          f"threads {args.threads}; best of {args.repeats}")
+    print(f"| {'trainer':<52} | {'steps/s':>8} | {'peak MiB':>9} |\n|---|---|---|")
     for name, (speed, mem) in rows.items():
-        shown = f"{speed:>10.2f}" if "VAE" not in name else f"{'(once)':>10}"
-        print(f"{name:<28}{shown}{mem / 2**20:>12.1f}")
-    print(f"Glance training vs host's TrainLoraNode (same latent): {ours_speed / host_speed:.2f}x speed, "
-          f"{ours_mem / max(host_mem, 1):.2f}x peak memory")
+        shown = f"{speed:>8.2f}" if "VAE" not in name else f"{'(once)':>8}"
+        print(f"| {name:<52} | {shown} | {mem / 2**20:>9.1f} |")
+    print(f"GlanceTrainLoRA training vs the host's fastest setting ({fastest}): {ours_speed / host_rows[fastest][0]:.2f}x "
+          f"speed; vs its leanest ({leanest}): {ours_mem / max(host_rows[leanest][1], 1):.2f}x peak memory")
     print("command: python benchmarks/bench_train.py " + " ".join(sys.argv[1:]))
     for f in out_dir.glob("run_*.safetensors"):
         f.unlink()

@@ -37,9 +37,10 @@ def _qwen_layout(layers: int = 2) -> dict:
     return sd
 
 
-def _patcher(layout: dict, widths: dict, seed: int, std: float, dtype=torch.float32):
+def _patcher(layout: dict, widths: dict, seed: int, std: float, dtype=torch.float32, compute_dtype=None):
     """A model built as the host builds one it loads: its detector's config (with every field this host version
-    has) and its model config class, with only the widths set small; seeded random weights."""
+    has) and its model config class, with only the widths set small; seeded random weights. Stored in ``dtype``,
+    computed in ``compute_dtype`` (default: fp32 for any other storage, as the host does on CPU)."""
     import comfy.model_detection
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -47,23 +48,26 @@ def _patcher(layout: dict, widths: dict, seed: int, std: float, dtype=torch.floa
     unet_config = comfy.model_detection.detect_unet_config(layout, "")
     unet_config.update(widths)
     config = comfy.model_detection.model_config_from_unet_config(unet_config)
-    config.set_inference_dtype(dtype, None if dtype == torch.float32 else torch.float32)
+    if compute_dtype is None:
+        compute_dtype = torch.float32
+    config.set_inference_dtype(dtype, None if compute_dtype == dtype else compute_dtype)
     model = config.get_model({}, device="cpu")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.diffusion_model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
+            p.copy_((torch.randn(p.shape, generator=gen) * std).to(p.dtype))
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
-def make_flux(seed: int = 0, std: float = 0.08, depth: int = 2, single: int = 2, dtype=torch.float32, **widths):
-    """A small FLUX.1-dev-architecture model stored in ``dtype`` (computed in fp32 otherwise, as the host does
-    on CPU); ``widths`` override FLUX_WIDTHS (e.g. hidden_size, num_heads, axes_dim)."""
-    return _patcher(_flux_layout(depth, single), {**FLUX_WIDTHS, **widths}, seed, std, dtype)
+def make_flux(seed: int = 0, std: float = 0.08, depth: int = 2, single: int = 2, dtype=torch.float32,
+              compute_dtype=None, **widths):
+    """A small FLUX.1-dev-architecture model stored in ``dtype`` (computed in ``compute_dtype``, default fp32 as
+    the host does on CPU); ``widths`` override FLUX_WIDTHS (e.g. hidden_size, num_heads, axes_dim)."""
+    return _patcher(_flux_layout(depth, single), {**FLUX_WIDTHS, **widths}, seed, std, dtype, compute_dtype)
 
 
-def make_qwen(seed: int = 0, std: float = 0.08):
-    return _patcher(_qwen_layout(), QWEN_WIDTHS, seed, std)
+def make_qwen(seed: int = 0, std: float = 0.08, dtype=torch.float32, compute_dtype=None):
+    return _patcher(_qwen_layout(), QWEN_WIDTHS, seed, std, dtype, compute_dtype)
 
 
 def _sd3_layout(hidden: int) -> dict:
@@ -74,12 +78,19 @@ def _sd3_layout(hidden: int) -> dict:
             "pos_embed": _meta(1, 32 * 32, hidden)}
 
 
-def sd3_state_dict(seed: int = 0, hidden: int = 128, std: float = 0.05) -> dict:
-    """A bare MMDiT state dict (keys as in a diffusion-model file) that the stock detector reads as SD3."""
-    patcher = _patcher(_sd3_layout(hidden), {}, seed, std)
+def make_sd3(seed: int = 0, hidden: int = 128, std: float = 0.05, dtype=torch.float32, compute_dtype=None):
+    """The SD3-family MMDiT of ``write_sd3_file``, built in-process (stored in ``dtype``, computed in ``compute_dtype``)."""
+    patcher = _patcher(_sd3_layout(hidden), {}, seed, std, dtype, compute_dtype)
     dm = patcher.model.diffusion_model
     with torch.no_grad():  # a buffer the host allocates with torch.empty: left alone it is whatever memory held
-        dm.pos_embed.copy_(torch.randn(dm.pos_embed.shape, generator=torch.Generator().manual_seed(seed + 1)) * std)
+        pos = torch.randn(dm.pos_embed.shape, generator=torch.Generator().manual_seed(seed + 1)) * std
+        dm.pos_embed.copy_(pos.to(dm.pos_embed.dtype))
+    return patcher
+
+
+def sd3_state_dict(seed: int = 0, hidden: int = 128, std: float = 0.05) -> dict:
+    """A bare MMDiT state dict (keys as in a diffusion-model file) that the stock detector reads as SD3."""
+    dm = make_sd3(seed, hidden, std).model.diffusion_model
     return {k: v.contiguous() for k, v in dm.state_dict().items()}
 
 
@@ -89,6 +100,36 @@ def write_sd3_file(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(sd3_state_dict(seed), str(path))
     return path
+
+
+def _full_flux_dev_layout() -> dict:
+    """FLUX.1-dev's keys and the shapes the detector reads (hidden 3072, T5 4096, CLIP-L 768, 19 + 38 blocks)."""
+    sd = {"img_in.weight": _meta(3072, 64), "txt_in.weight": _meta(3072, 4096),
+          "vector_in.in_layer.weight": _meta(3072, 768), "guidance_in.in_layer.weight": _meta(3072, 256)}
+    sd.update({f"double_blocks.{i}.img_attn.norm.key_norm.scale": _meta(128) for i in range(19)})
+    sd.update({f"single_blocks.{i}.norm.key_norm.scale": _meta(128) for i in range(38)})
+    return sd
+
+
+def _full_qwen_image_layout() -> dict:
+    """Qwen-Image's keys and the shapes the detector reads (hidden 3072, Qwen2.5-VL 3584, 60 blocks)."""
+    sd = {"txt_norm.weight": _meta(3584), "img_in.weight": _meta(3072, 64), "proj_out.weight": _meta(64, 3072)}
+    sd.update({f"transformer_blocks.{i}.img_mod.1.weight": _meta(18432, 3072) for i in range(60)})
+    return sd
+
+
+def make_full_size_on_meta(kind: str, dtype=torch.bfloat16, compute_dtype=torch.bfloat16):
+    """The full-size FLUX.1-dev ("flux") or Qwen-Image ("qwen") diffusion model as the host builds it from a file
+    stored in ``dtype``, on the ``meta`` device: every layer and shape, no memory and no weights (for sizes only)."""
+    import comfy.model_detection
+    import comfy.model_patcher
+
+    layout = {"flux": _full_flux_dev_layout, "qwen": _full_qwen_image_layout}[kind]()
+    config = comfy.model_detection.model_config_from_unet_config(comfy.model_detection.detect_unet_config(layout, ""))
+    config.set_inference_dtype(dtype, None if compute_dtype == dtype else compute_dtype)
+    model = config.get_model({}, device="meta")
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
 
 def conditioning(kind: str, seed: int = 1, tokens: int = 8, std: float = 1.0):

@@ -17,8 +17,9 @@ _started = None  # (base_dir, ComfyUI's nodes module)
 _pack_package = None
 
 
-def start_in_process(base_dir: Path | None = None):
-    """Import the host in this process (CPU), load its nodes and this pack; returns ComfyUI's ``nodes``.
+def start_in_process(base_dir: Path | None = None, cpu: bool = True):
+    """Import the host in this process (CPU, unless ``cpu`` is False: then the host picks its device as it does when
+    started without --cpu), load its nodes and this pack; returns ComfyUI's ``nodes``.
 
     A process holds one host with one base directory: a later call returns it, and refuses another
     ``base_dir``. ``None``: the running host, else one in a new temporary folder.
@@ -40,7 +41,7 @@ def start_in_process(base_dir: Path | None = None):
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     comfy.cli_args.args.disable_api_nodes = True
     comfy.cli_args.args.base_directory = str(base_dir)
     import folder_paths  # noqa: F401  (reads base_directory once, at import)

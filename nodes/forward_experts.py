@@ -74,7 +74,7 @@ class ExpertSet:
         self.experts: dict[str, dict[str, list[LowRank]]] = {}
         self.active: str | None = None
         self._handles: list = []
-        self._cast: dict = {}  # (id(tensor), device, dtype) -> tensor on the compute device
+        self._cast: dict = {}  # (id(tensor), device) -> the tensor on that compute device
 
     def add(self, name: str, terms: dict[str, list[LowRank]]) -> None:
         self.experts[name] = terms
@@ -83,11 +83,15 @@ class ExpertSet:
         return sum(t.nbytes() for terms in self.experts.values() for ts in terms.values() for t in ts)
 
     def _on(self, tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        key = (id(tensor), like.device, like.dtype)
-        cached = self._cast.get(key)
-        if cached is None:
-            cached = self._cast[key] = tensor.to(device=like.device, dtype=like.dtype)
-        return cached
+        """``tensor`` on ``like``'s device and in its dtype. A copy on another device is kept for the model's stay
+        on that device (one per expert tensor, as large as the expert); a dtype cast is made per call (rank-sized)."""
+        if tensor.device != like.device:
+            key = (id(tensor), like.device)
+            cached = self._cast.get(key)
+            if cached is None:
+                cached = self._cast[key] = tensor.to(device=like.device)
+            tensor = cached
+        return tensor if tensor.dtype == like.dtype else tensor.to(like.dtype)
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
@@ -95,14 +99,16 @@ class ExpertSet:
             if not terms:
                 return output
             x = inputs[0]
-            out = output.clone()
+            # Sampling adds the terms into the layer's fresh output in place; where autograd records the graph,
+            # into a copy.
+            out = output.clone() if (torch.is_grad_enabled() and output.requires_grad) or not output.is_contiguous() else output
+            flat_x, flat_out = x.reshape(-1, x.shape[-1]), out.view(-1, out.shape[-1])
+            if flat_x.dtype != flat_out.dtype:
+                flat_x = flat_x.to(flat_out.dtype)
             for t in terms:
-                delta = torch.nn.functional.linear(torch.nn.functional.linear(x, self._on(t.down, x)), self._on(t.up, x))
-                delta = delta.to(out.dtype) * t.scale
-                if t.rows is None:
-                    out += delta
-                else:
-                    out[..., t.rows[0]:t.rows[0] + t.rows[1]] += delta
+                h = torch.mm(flat_x, self._on(t.down, flat_out).t()).mul_(t.scale)  # [tokens, rank]
+                target = flat_out if t.rows is None else flat_out.narrow(1, t.rows[0], t.rows[1])
+                target.addmm_(h, self._on(t.up, flat_out).t())
             return out
         return hook
 

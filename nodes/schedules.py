@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..training.paper_timesteps import FLUX_DEV, QWEN_IMAGE
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -20,14 +22,15 @@ class Preset:
         return round((self.sigmas[self.steps_slow - 1] + self.sigmas[self.steps_slow]) / 2, 6)
 
 
-# FACTS: the paper's training timesteps as a consistent schedule (t = 1000 * sigma), 5 slow + 5 fast steps.
+# The paper's training timesteps as a consistent schedule (t = 1000 * sigma), 5 slow + 5 fast steps: one table
+# (training/paper_timesteps.py) serves these presets and the trainer's phases.
 PRESETS = {
     p.name: p
     for p in (
-        Preset("qwen_image_glance", (1.0, 0.979192, 0.957516, 0.934917, 0.911335, 0.886705, 0.745073, 0.56295, 0.32008, 0.02, 0.0),
-               5, "Qwen-Image Glance: 5 slow + 5 fast steps at the paper's timesteps (mu 0.6935, shift_terminal 0.02)."),
-        Preset("flux_dev_glance", (1.0, 0.986979, 0.973204, 0.958609, 0.943119, 0.926647, 0.825702, 0.677987, 0.4412, 0.06055, 0.0),
-               5, "FLUX.1-dev Glance: 5 slow + 5 fast steps at the paper's timesteps (mu 1.15)."),
+        Preset("qwen_image_glance", QWEN_IMAGE.sigmas(), len(QWEN_IMAGE.slow),
+               "Qwen-Image Glance: 5 slow + 5 fast steps at the paper's timesteps (mu 0.6935, shift_terminal 0.02)."),
+        Preset("flux_dev_glance", FLUX_DEV.sigmas(), len(FLUX_DEV.slow),
+               "FLUX.1-dev Glance: 5 slow + 5 fast steps at the paper's timesteps (mu 1.15)."),
     )
 }
 SPLIT = "split_from_model_scheduler"

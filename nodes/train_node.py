@@ -1,30 +1,24 @@
-"""GlanceTrainLoRA: train a Slow- or Fast-LoRA from one image and its caption, save it into models/loras."""
+"""GlanceTrainLoRA: train a Slow- or Fast-LoRA from one image and its caption, save it into models/loras.
+
+The node maps its inputs and shows progress and the loss curve; the job itself (defaults, checks, encode, the loop,
+the file) is training/job.py.
+"""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import comfy.utils
-import torch
+import folder_paths
 from comfy_api.latest import io, ui
 
-from ..training.data import check_conditioning, encode_latent, prepare_image
-from ..training.lora_file import build_metadata, comfy_lora_state_dict, resolve_save_path, save_atomic
-from ..training.loop import TrainSettings, train_lora
+from ..training import job
 from ..training.loss_plot import plot_loss
-from ..training.recipes import PHASES, detect_recipe, phase_timesteps, timesteps_to_sigmas
+from ..training.recipes import PHASES
 from .lora_patches import lora_patches
 
 log = logging.getLogger(__name__)
-AUTO = -1
-
-
-def _pick(value, default, name: str, allow_zero: bool = False):
-    """The input's value, or the architecture's default for -1; errors for other non-positive values."""
-    if value == AUTO:
-        return default
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name}: {value} is not valid; give a positive value, or -1 for the architecture's default ({default}).")
-    return value
+AUTO = job.AUTO
 
 
 class GlanceTrainLoRA(io.ComfyNode):
@@ -80,58 +74,22 @@ class GlanceTrainLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, image, positive, phase, timesteps, rank, alpha, learning_rate, steps, seed,
                 caption_dropout, gradient_checkpointing, save_name, resolution=1024) -> io.NodeOutput:
-        recipe = detect_recipe(model)
-        rank = int(_pick(rank, recipe.rank, "rank"))
-        alpha = float(_pick(alpha, recipe.alpha, "alpha"))
-        learning_rate = float(_pick(learning_rate, recipe.learning_rate, "learning_rate"))
-        steps = int(_pick(steps, recipe.steps, "steps"))
-        if not 0.0 <= caption_dropout <= 1.0:
-            raise ValueError(f"caption_dropout: {caption_dropout} is not a probability; use 0..1 (paper: 0.1).")
-        file_name, path = resolve_save_path(save_name)
-        model_sampling = model.get_model_object("model_sampling")
-        ts = phase_timesteps(recipe, model_sampling, phase, timesteps)
-        sigmas = timesteps_to_sigmas(ts, model_sampling)
-        check_conditioning(positive, model, recipe)
+        inputs = job.TrainInputs(phase=phase, timesteps=timesteps, rank=rank, alpha=alpha, learning_rate=learning_rate,
+                                 steps=steps, seed=seed, caption_dropout=caption_dropout,
+                                 gradient_checkpointing=gradient_checkpointing, save_name=save_name, resolution=resolution)
+        bar = None
 
-        checkpointing = gradient_checkpointing
-        if recipe.inplace_blocks and not checkpointing:
-            log.warning("Glance trainer: %s blocks update tensors in place, which autograd can only differentiate "
-                        "with gradient checkpointing; it was turned on.", recipe.arch)
-            checkpointing = True
-        with torch.no_grad():
-            pixels = prepare_image(image, resolution, recipe.multiple)
-            latent = encode_latent(vae, pixels, model)
-        if recipe.guidance is not None:
-            positive = [[c, {**extras, "guidance": recipe.guidance}] for c, extras in positive]
+        def on_step(step, loss, sigma, total):
+            nonlocal bar
+            if bar is None:
+                bar = comfy.utils.ProgressBar(total, node_id=cls.hidden.unique_id if cls.hidden else None)
+            bar.update_absolute(step + 1, total)
+            if step == 0 or (step + 1) % 10 == 0 or step + 1 == total:
+                log.info("Glance trainer: step %d/%d  loss %.5f  sigma %.4f", step + 1, total, loss, sigma)
 
-        settings = TrainSettings(
-            sigmas=sigmas, target_modules=recipe.target_modules, rank=rank, alpha=alpha, learning_rate=learning_rate,
-            steps=steps, seed=seed, caption_dropout=caption_dropout, gradient_checkpointing=checkpointing,
-            block_lists=recipe.block_lists, weight_decay=recipe.weight_decay,
-        )
-        bar = comfy.utils.ProgressBar(steps, node_id=cls.hidden.unique_id if cls.hidden else None)
-
-        def on_step(step, loss, sigma):
-            bar.update_absolute(step + 1, steps)
-            if step == 0 or (step + 1) % 10 == 0 or step + 1 == steps:
-                log.info("Glance trainer: step %d/%d  loss %.5f  sigma %.4f", step + 1, steps, loss, sigma)
-
-        log.info("Glance trainer: %s, phase %s, t=%s, %dx%d px, rank %d alpha %g lr %g, %d steps",
-                 recipe.arch, phase, list(ts), pixels.shape[2], pixels.shape[1], rank, alpha, learning_rate, steps)
-        result = train_lora(model, latent, positive, settings, recipe.arch, on_step)
-
-        lora_sd = comfy_lora_state_dict(result.adapters, alpha)
-        metadata = build_metadata(
-            base_model=recipe.arch, model_class=type(model.model).__name__, phase=phase, timesteps=list(ts),
-            sigmas=list(sigmas), rank=rank, alpha=alpha, steps=steps, learning_rate=learning_rate, seed=seed,
-            caption_dropout=caption_dropout, target_modules=list(recipe.target_modules),
-            resolution=[int(pixels.shape[2]), int(pixels.shape[1])], optimizer=result.optimizer,
-            final_loss=result.losses[-1] if result.losses else None,
-        )
-        save_atomic(lora_sd, path, metadata)
-        log.info("Glance trainer: saved %s (%d modules)", file_name, len(result.adapters))
-
+        loras_dir = Path(folder_paths.get_folder_paths("loras")[0])
+        outcome = job.run(model, vae, image, positive, inputs, loras_dir, on_step)
         patched = model.clone()
-        patched.add_patches(lora_patches(model, lora_sd, f"trained LoRA '{file_name}'"), 1.0)
-        plot = plot_loss(result.losses, f"{recipe.arch} {phase}-LoRA loss")
-        return io.NodeOutput(patched, file_name, plot, ui=ui.PreviewImage(plot, cls=cls))
+        patched.add_patches(lora_patches(model, outcome.lora, f"trained LoRA '{outcome.file_name}'"), 1.0)
+        plot = plot_loss(outcome.result.losses, f"{outcome.recipe.arch} {outcome.phase}-LoRA loss")
+        return io.NodeOutput(patched, outcome.file_name, plot, ui=ui.PreviewImage(plot, cls=cls))

@@ -131,3 +131,89 @@ def test_merged_mode_moves_weights_forward_mode_does_not(comfy, conds, lora_file
         else:
             assert len(set(versions)) == 1, "forward experts wrote a base weight during the run"
     mm.unload_all_models()
+
+
+@pytest.fixture(scope="module")
+def upstream_lora(base_dir, flux):
+    """A LoRA on the same layers as the experts (and others), for loaders and hooks ahead of GlanceLoraLoader."""
+    modules = gm.linear_modules(flux, "attn") + gm.linear_modules(flux, "linear2")
+    gm.save_lora(gm.random_lora(flux, modules, rank=4, seed=23, scale=0.3), base_dir / "models" / "loras" / "fwd" / "upstream.safetensors")
+    return "fwd/upstream.safetensors"
+
+
+def test_composes_with_a_lora_merged_upstream(comfy, flux, conds, lora_files, upstream_lora):
+    """A stock LoraLoaderModelOnly before GlanceLoraLoader: its weight patch stays merged, the experts add to it."""
+    loaded = gm.run_node(comfy, "LoraLoaderModelOnly", model=flux, lora_name=upstream_lora, strength_model=0.8)[0]
+    latent = gm.empty_latent(8, 8)
+    forward = phase(comfy, *experts(comfy, loaded, lora_files, "forward"), conds, latent)
+    merged = phase(comfy, *experts(comfy, loaded, lora_files, "merged"), conds, latent)
+    without_upstream = phase(comfy, *experts(comfy, flux, lora_files, "forward"), conds, latent)
+    assert (forward - without_upstream).abs().max() > 1e-2, "the upstream LoRA changed nothing"
+    torch.testing.assert_close(forward, merged, rtol=1e-4, atol=1e-4)
+
+
+def test_composes_with_conditioning_hooks(comfy, flux, conds, lora_files, upstream_lora):
+    """A hook LoRA on the positive conditioning (Create Hook LoRA + Cond Set Props) acts in both phases."""
+    hooks = gm.run_node(comfy, "CreateHookLoraModelOnly", lora_name=upstream_lora, strength_model=1.0)[0]
+    hooked = gm.run_node(comfy, "ConditioningSetProperties", cond_NEW=conds[0], strength=1.0,
+                         set_cond_area="default", hooks=hooks)[0]
+    latent = gm.empty_latent(8, 8)
+    forward = phase(comfy, *experts(comfy, flux, lora_files, "forward"), (hooked, conds[1]), latent)
+    merged = phase(comfy, *experts(comfy, flux, lora_files, "merged"), (hooked, conds[1]), latent)
+    unhooked = phase(comfy, *experts(comfy, flux, lora_files, "forward"), conds, latent)
+    assert (forward - unhooked).abs().max() > 1e-2, "the hook LoRA changed nothing"
+    torch.testing.assert_close(forward, merged, rtol=1e-4, atol=1e-4)
+
+
+def test_forward_experts_on_fp8_weights(comfy, conds, lora_files):
+    """fp8_e4m3fn storage, fp32 compute: the experts add to the layer's output unrounded. Reference: the same
+    (fp8-valued) weights stored in fp32 with the LoRAs merged in fp32."""
+    fp8 = gm.make_flux(seed=3, dtype=torch.float8_e4m3fn)
+    assert next(fp8.model.diffusion_model.parameters()).dtype == torch.float8_e4m3fn
+    exact = gm.make_flux(seed=3)
+    with torch.no_grad():
+        stored = dict(fp8.model.diffusion_model.named_parameters())
+        for name, p in exact.model.diffusion_model.named_parameters():
+            p.copy_(stored[name].float())
+    latent = gm.empty_latent(8, 8)
+    forward = phase(comfy, *experts(comfy, fp8, lora_files, "forward"), conds, latent)
+    reference = phase(comfy, *experts(comfy, exact, lora_files, "merged"), conds, latent)
+    plain = phase(comfy, exact, exact, conds, latent)
+    assert (reference - plain).abs().max() > 1e-2
+    torch.testing.assert_close(forward, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_each_phase_prepares_its_own_patcher(comfy, flux, conds, lora_files):
+    """ON_PREPARE_STATE (what hooks and conditioning schedules act on) reaches the patcher of the step's phase."""
+    import comfy.patcher_extension as pe
+
+    slow, fast = experts(comfy, flux, lora_files, "forward")
+    seen = []
+    for name, clone in (("slow", slow), ("fast", fast)):
+        clone.add_callback(pe.CallbacksMP.ON_PREPARE_STATE,
+                           lambda patcher, t, *a, name=name: seen.append((name, patcher, float(t.flatten()[0]))))
+    phase(comfy, slow, fast, conds, gm.empty_latent(8, 8), steps=6, switch_sigma=0.8)
+    assert {n for n, *_ in seen} == {"slow", "fast"}
+    assert all(patcher is (slow if n == "slow" else fast) for n, patcher, _ in seen)
+    assert all(t > 0.8 for n, _, t in seen if n == "slow"), seen
+    assert all(t <= 0.8 for n, _, t in seen if n == "fast"), seen
+
+
+def test_composes_with_easycache_on_the_experts(comfy, flux, conds, lora_files, caplog):
+    """EasyCache on the slow expert's MODEL (after GlanceLoraLoader): it caches, and with a threshold of 0 it skips
+    nothing and changes nothing."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    slow, fast = experts(comfy, flux, lora_files, "forward")
+    easy = comfy.NODE_CLASS_MAPPINGS["EasyCache"]
+    latent = gm.empty_latent(8, 8)
+    exact = easy.execute(slow, reuse_threshold=0.0, start_percent=0.0, end_percent=1.0, verbose=False).args[0]
+    torch.testing.assert_close(phase(comfy, exact, fast, conds, latent, steps=10),
+                               phase(comfy, slow, fast, conds, latent, steps=10), rtol=1e-5, atol=1e-5)
+    caplog.clear()
+    cached = easy.execute(slow, reuse_threshold=3.0, start_percent=0.0, end_percent=1.0, verbose=False).args[0]
+    got = phase(comfy, cached, fast, conds, latent, steps=10)
+    skipped = [line for line in caplog.text.splitlines() if "EasyCache - skipped" in line]
+    assert skipped and not skipped[-1].split("skipped ")[1].startswith("0/"), skipped
+    assert torch.isfinite(got).all()

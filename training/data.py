@@ -16,13 +16,13 @@ def prepare_image(image: torch.Tensor, resolution: int, multiple: int) -> torch.
     one usable image is refused with an error naming the ``image`` input.
     """
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
-        raise ValueError("image: expected a ComfyUI IMAGE (a [batch, height, width, channels] tensor); connect a Load Image node.")
+        raise ValueError("image: expected a ComfyUI IMAGE (a [batch, height, width, channels] tensor); connect an image.")
     batch, height, width, channels = image.shape
     if batch == 0 or height == 0 or width == 0:
         raise ValueError(f"image: the image is empty (shape {tuple(image.shape)}); connect a real image.")
     if batch > 1:
         raise ValueError(
-            f"image: got a batch of {batch} images; Glance trains on ONE image. Pick one with 'Image From Batch'."
+            f"image: got a batch of {batch} images; Glance trains on ONE image. Pick one image from the batch."
         )
     if channels in (1, 2):
         log.info("Glance trainer: grayscale image, repeated to RGB%s.", " (alpha dropped)" if channels == 2 else "")
@@ -53,6 +53,13 @@ def prepare_image(image: torch.Tensor, resolution: int, multiple: int) -> torch.
 def encode_latent(vae, pixels: torch.Tensor, model) -> torch.Tensor:
     """Encode once; the latent in the layout the model samples (5-D [B,C,1,h,w] for Qwen-Image, else 4-D)."""
     latent = vae.encode(pixels)
+    if not torch.isfinite(latent).all():
+        name = type(getattr(vae, "first_stage_model", vae)).__name__
+        raise ValueError(
+            f"vae: the VAE ({name}) encoded the image to NaN or infinite values, so there is nothing to train on. Its "
+            "weights are broken or it overflows in the precision it runs in (VAEs in fp16 often do): use an intact VAE "
+            "that belongs to the model, in fp32 or bf16. Nothing was trained or saved."
+        )
     expected = model.model.latent_format.latent_channels
     if latent.shape[1] != expected:
         raise ValueError(
@@ -78,10 +85,10 @@ def _model_wants_video_latent(model) -> bool:
 def check_conditioning(positive, patcher, recipe) -> None:
     """A clear error when ``positive`` is not a caption encoded for this model's text encoder."""
     if not isinstance(positive, (list, tuple)) or not positive or not isinstance(positive[0], (list, tuple)):
-        raise ValueError("positive: expected CONDITIONING (from CLIP Text Encode with the model's text encoder).")
+        raise ValueError("positive: expected CONDITIONING: the caption encoded with the model's text encoder.")
     cond, extras = positive[0][0], positive[0][1]
     if not isinstance(cond, torch.Tensor) or cond.ndim != 3 or cond.shape[1] == 0:
-        raise ValueError("positive: the conditioning holds no caption embedding; encode the caption with CLIP Text Encode.")
+        raise ValueError("positive: the conditioning holds no caption embedding; encode the caption with the model's text encoder.")
     dm = patcher.model.diffusion_model
     hint = f"encode the caption with the text encoder that belongs to this {recipe.arch} model."
     if recipe.context_module:

@@ -1,14 +1,16 @@
-"""The training loop: peft LoRA adapters on the diffusion model, flow-matching velocity loss, the host's sampling path.
+"""The training loop: LoRA terms on the diffusion model, flow-matching velocity loss, the host's sampling path.
 
 The model is loaded and the caption prepared by the host exactly as for sampling (a CFGGuider runs a Sampler whose
 ``sample`` is this loop), and every prediction goes through ``comfy.samplers.calc_cond_batch`` -> ``apply_model``.
-Adapters live only while the loop runs: afterwards the diffusion model has its original modules again and its
-weights were never written (the optimiser only sees the LoRA matrices).
+Before anything is loaded, the run's memory (training/memory.py) is checked against the device and asked of the
+host with a full load, as the host's own trainer loads its model. The LoRA terms live only while the loop runs
+(training/adapters.py): afterwards the model has no hook, no trainable flag and the same tensors as before.
 """
 from __future__ import annotations
 
 import contextlib
-import math
+import logging
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,10 +19,12 @@ import comfy.samplers
 import torch
 import torch.utils.checkpoint
 
-from ..host_compat import training_mode
+from ..host_compat import non_dynamic, training_mode
+from . import memory, precision
+from .adapters import frozen_base, lora_terms, target_layers
 
-ADAPTER = "glance"
 GRAD_CLIP = 1.0
+log = logging.getLogger(__name__)
 
 
 class NaNLossError(RuntimeError):
@@ -40,6 +44,8 @@ class TrainSettings:
     gradient_checkpointing: bool = True
     block_lists: tuple[str, ...] = ()
     weight_decay: float = 0.01
+    activation_per_token: dict[str, float] = field(default_factory=dict)  # recipe's c_block per block list
+    width_module: str | None = None  # a Linear whose out_features is the model's hidden width
 
 
 @dataclass
@@ -48,6 +54,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     sigmas_used: list[float] = field(default_factory=list)
     optimizer: str = ""
+    precision: str = ""
+    memory: memory.MemoryEstimate | None = None
 
 
 def clone_tensors(obj):
@@ -70,60 +78,6 @@ def zeroed(conditioning: list) -> list:
             extras["pooled_output"] = torch.zeros_like(extras["pooled_output"])
         out.append([torch.zeros_like(cond), extras])
     return out
-
-
-def _release_inference_tensors(module: torch.nn.Module) -> None:
-    """Weights loaded inside the executor's inference mode cannot be saved for backward: same values, normal tensors."""
-    for sub in module.modules():
-        for name, p in list(sub._parameters.items()):
-            if p is not None and p.is_inference():
-                sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
-        for name, b in list(sub._buffers.items()):
-            if b is not None and b.is_inference():
-                sub._buffers[name] = b.clone()
-
-
-@contextlib.contextmanager
-def lora_adapters(dm: torch.nn.Module, settings: TrainSettings, arch: str):
-    """Inject peft LoRA layers into ``dm``; yields {name: (A, B)} and removes every trace on exit."""
-    from peft import LoraConfig  # imported on first training: peft pulls in transformers
-    from peft.tuners.lora import LoraLayer, LoraModel
-
-    flags = {n: p.requires_grad for n, p in dm.named_parameters()}
-    had_config = hasattr(dm, "peft_config")
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.target_modules),
-                        lora_dropout=0.0, bias="none", init_lora_weights=True)
-    try:
-        tuner = LoraModel(dm, config, ADAPTER)
-    except ValueError as e:
-        raise ValueError(
-            f"model: none of the LoRA target modules {list(settings.target_modules)} exist in this {arch} model ({e})."
-        ) from None
-    try:
-        gen = torch.Generator().manual_seed(settings.seed)
-        adapters = {}
-        for name, layer in sorted((n, m) for n, m in dm.named_modules() if isinstance(m, LoraLayer)):
-            down_mod, up_mod = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
-            down_mod.float()
-            up_mod.float()
-            with torch.no_grad():  # peft's init with our own generator: reproducible whatever the global RNG did
-                a = torch.empty(down_mod.weight.shape, dtype=torch.float32)
-                torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=gen)
-                down_mod.weight.copy_(a)
-                up_mod.weight.zero_()
-            down_mod.weight.requires_grad_(True)
-            up_mod.weight.requires_grad_(True)
-            adapters[name] = (down_mod.weight, up_mod.weight)
-        yield adapters
-    finally:
-        tuner.unload()
-        if not had_config and hasattr(dm, "peft_config"):
-            del dm.peft_config
-        for n, p in dm.named_parameters():
-            if n in flags:
-                p.requires_grad_(flags[n])
-        left = [n for n, m in dm.named_modules() if isinstance(m, LoraLayer)]
-        assert not left, f"LoRA layers left in the model: {left[:3]}"
 
 
 def _fresh(value):
@@ -151,40 +105,65 @@ class _TrainableBlock(torch.nn.Module):
         return self._run(*args, **kwargs)
 
 
+def block_lists(dm: torch.nn.Module, names: tuple[str, ...]) -> list[tuple[str, torch.nn.ModuleList]]:
+    names = names or tuple(n for n, c in dm.named_children() if isinstance(c, torch.nn.ModuleList))
+    return [(n, getattr(dm, n)) for n in names if isinstance(getattr(dm, n, None), torch.nn.ModuleList)]
+
+
 @contextlib.contextmanager
 def trainable_blocks(dm: torch.nn.Module, list_names: tuple[str, ...], checkpoint: bool):
     """Wrap each block of the model's block lists for the duration; the original blocks are put back on exit."""
     wrapped = []
     try:
-        names = list_names or tuple(n for n, c in dm.named_children() if isinstance(c, torch.nn.ModuleList))
-        for list_name in names:
-            blocks = getattr(dm, list_name, None)
-            if isinstance(blocks, torch.nn.ModuleList):
-                for i, block in enumerate(blocks):
-                    blocks[i] = _TrainableBlock(block, checkpoint)
-                    wrapped.append((blocks, i, block))
+        for _, blocks in block_lists(dm, list_names):
+            for i, block in enumerate(blocks):
+                blocks[i] = _TrainableBlock(block, checkpoint)
+                wrapped.append((blocks, i, block))
         yield len(wrapped)
     finally:
         for blocks, i, block in wrapped:
             blocks[i] = block
 
 
-def make_optimizer(params, lr: float, weight_decay: float, device: torch.device):
+def optimizer_name(device: torch.device) -> str:
     """bitsandbytes' 8-bit AdamW on CUDA when it imports, else torch's AdamW."""
     if device.type == "cuda":
         try:
-            import bitsandbytes as bnb
+            import bitsandbytes  # noqa: F401
 
-            return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay), "AdamW8bit"
+            return "AdamW8bit"
         except Exception:  # not installed, or its CUDA libraries do not load
             pass
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay), "AdamW"
+    return "AdamW"
 
 
-def autocast_for(device: torch.device):
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def make_optimizer(name: str, params, lr: float, weight_decay: float):
+    if name == "AdamW8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def hidden_width(dm: torch.nn.Module, width_module: str | None, targets) -> int:
+    if width_module:
+        return int(dm.get_submodule(width_module).out_features)
+    return int(targets[0][1].in_features)
+
+
+def plan_memory(patcher, targets, settings: TrainSettings, latent_shape, text_tokens: int,
+                prec: precision.Precision, optimizer: str) -> memory.MemoryEstimate:
+    """The run's memory (training/memory.py) for this model, latent and caption."""
+    dm = patcher.model.diffusion_model
+    fallback = max(settings.activation_per_token.values(), default=memory.GENERIC_PER_TOKEN)
+    blocks = [memory.BlockList(name, len(mods), settings.activation_per_token.get(name, fallback))
+              for name, mods in block_lists(dm, settings.block_lists)]
+    return memory.estimate(
+        weights=patcher.model_size(), layer_shapes=[(m.in_features, m.out_features) for _, m in targets],
+        rank=settings.rank, blocks=blocks, tokens=memory.image_tokens(latent_shape) + int(text_tokens),
+        width=hidden_width(dm, settings.width_module, targets), activation_bytes=prec.activation_bytes,
+        checkpointing=settings.gradient_checkpointing, optimizer_name=optimizer,
+    )
 
 
 class _TrainGuider(comfy.samplers.CFGGuider):
@@ -204,33 +183,44 @@ class _TrainingSampler(comfy.samplers.Sampler):
 
 
 def train_lora(patcher, latent: torch.Tensor, positive: list, settings: TrainSettings, arch: str,
-               on_step: Callable[[int, float, float], None] | None = None) -> TrainResult:
-    """Train one LoRA on ``latent`` (the VAE latent, model layout) with caption ``positive``; nothing is saved here."""
+               on_step: Callable[[int, float, float, int], None] | None = None) -> TrainResult:
+    """Train one LoRA on ``latent`` (the VAE latent, model layout) with caption ``positive``; nothing is saved here.
+    ``on_step(step, loss, sigma, steps)`` is called after each optimiser step."""
     result = TrainResult(adapters={})
     positive = clone_tensors(positive)
-    work = patcher.clone()
+    work = non_dynamic(patcher).clone()
+    dm = work.model.diffusion_model
+    targets = target_layers(dm, settings.target_modules)
+    if not targets:
+        raise ValueError(f"model: none of the LoRA target modules {list(settings.target_modules)} exist in this {arch} model.")
+    device = work.load_device
+    prec = precision.choose(device, precision.compute_dtype(work))
+    result.optimizer, result.precision = optimizer_name(device), prec.describe()
+    est = result.memory = plan_memory(work, targets, settings, latent.shape, positive[0][0].shape[1], prec, result.optimizer)
+    log.info("Glance trainer: %s on %s, %s; %d LoRA layers, %.1fM parameters; memory: %s", arch, device, prec.describe(),
+             len(targets), est.lora_params / 1e6, memory.breakdown(est))
+    memory.check_fits(est, device, mm.get_total_memory(device), mm.extra_reserved_memory())
 
     def run(inner, conds, x0, model_options):
-        dm = inner.diffusion_model
-        device = x0.device
+        memory.check_full_load(work, est, device)  # the guider's own load must not have offloaded part of it
         x0 = x0.float()
         sigma_table = torch.tensor(settings.sigmas, dtype=torch.float32)
-        _release_inference_tensors(dm)
-        with lora_adapters(dm, settings, arch) as adapters, \
+        with frozen_base(inner), lora_terms(dm, targets, settings.rank, settings.alpha, settings.seed, device) as pairs, \
                 trainable_blocks(dm, settings.block_lists, settings.gradient_checkpointing):
-            params = [p for pair in adapters.values() for p in pair]
-            optimizer, result.optimizer = make_optimizer(params, settings.learning_rate, settings.weight_decay, device)
+            params = [p for pair in pairs.values() for p in (pair.down, pair.up)]
+            optimizer = make_optimizer(result.optimizer, params, settings.learning_rate, settings.weight_decay)
+            scaler = prec.scaler(device)
             gen = torch.Generator().manual_seed(settings.seed)
             view = (-1,) + (1,) * (x0.ndim - 1)
-            for step in range(settings.steps):
-                mm.throw_exception_if_processing_interrupted()
+
+            def one_step(step: int) -> None:
                 index = int(torch.randint(len(settings.sigmas), (1,), generator=gen))
                 noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device)
                 drop = float(torch.rand((), generator=gen)) < settings.caption_dropout
                 sigma = sigma_table[index].expand(x0.shape[0]).to(device)
                 s = sigma.view(view)
                 x_t = (1.0 - s) * x0 + s * noise
-                with autocast_for(device):
+                with prec.autocast_context(device):
                     denoised = comfy.samplers.calc_cond_batch(
                         inner, [conds["dropped" if drop else "positive"]], x_t, sigma, model_options)[0]
                 # CONST models: denoised = x_t - v * sigma, so this recovers the network's velocity exactly.
@@ -241,23 +231,45 @@ def train_lora(patcher, latent: torch.Tensor, positive: list, settings: TrainSet
                         f"Training stopped at step {step + 1}/{settings.steps}: the loss is {loss.item()} (not finite). "
                         f"Lower learning_rate (now {settings.learning_rate:g}) or check the model and image; no file was written."
                     )
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-                optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+                    optimizer.step()
+                else:  # fp16: scaled loss; gradients unscaled before clipping; a step with inf/NaN gradients is skipped
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+                    scaler.step(optimizer)
+                    scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 result.losses.append(float(loss.item()))
                 result.sigmas_used.append(float(sigma_table[index]))
-                if on_step is not None:
-                    on_step(step, result.losses[-1], result.sigmas_used[-1])
-            result.adapters = {n: (a.detach().float().cpu().clone(), b.detach().float().cpu().clone())
-                               for n, (a, b) in adapters.items()}
-            del optimizer
+
+            try:
+                for step in range(settings.steps):
+                    mm.throw_exception_if_processing_interrupted()
+                    one_step(step)
+                    if on_step is not None:
+                        on_step(step, result.losses[-1], result.sigmas_used[-1], settings.steps)
+            except BaseException as e:
+                # A failed step's tensors (its autograd graph keeps the base's weights) must go before the base is
+                # restored; the traceback would keep them alive.
+                traceback.clear_frames(e.__traceback__)
+                raise
+            result.adapters = {n: (p.down.detach().float().cpu().clone(), p.up.detach().float().cpu().clone())
+                               for n, p in pairs.items()}
+            del optimizer, params
 
     guider = _TrainGuider(work)
     guider.set_training_conds(positive, zeroed(positive))
+    # The whole model on the device with room for the training state beside it, loaded inside inference mode as the
+    # executor loads models: a weight moved outside it would keep no version counter, and the shared model could not
+    # be sampled afterwards. The guider's own load below finds it loaded and moves nothing.
+    with torch.inference_mode():
+        mm.load_models_gpu([work], memory_required=est.training, force_full_load=True)
+    memory.check_full_load(work, est, device)
     with torch.inference_mode(False), torch.enable_grad(), training_mode():
         latent = latent.detach().clone()
-        mm.load_models_gpu([work], memory_required=work.model.memory_required(list(latent.shape)) * 3)
         sigmas = torch.tensor(settings.sigmas, dtype=torch.float32)
         guider.sample(torch.zeros_like(latent), latent, _TrainingSampler(run), sigmas, seed=settings.seed)
     return result

@@ -12,7 +12,6 @@ import re
 import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-import folder_paths
 import safetensors.torch
 import torch
 
@@ -26,12 +25,9 @@ def pack_version() -> str:
     return match.group(1) if match else "unknown"
 
 
-def loras_dir() -> Path:
-    return Path(folder_paths.get_folder_paths("loras")[0])
-
-
-def resolve_save_path(save_name: str) -> tuple[str, Path]:
-    """(relative name with .safetensors, absolute path inside models/loras); refuses escapes and existing files."""
+def resolve_save_path(save_name: str, loras_dir: Path) -> tuple[str, Path]:
+    """(relative name with .safetensors, absolute path inside ``loras_dir``, the host's models/loras); refuses escapes
+    and existing files."""
     name = (save_name or "").strip().replace("\\", "/")
     if not name or name.endswith("/"):
         raise ValueError("save_name: give a file name, e.g. 'glance/my_slow_lora'.")
@@ -42,7 +38,7 @@ def resolve_save_path(save_name: str) -> tuple[str, Path]:
         raise ValueError(f"save_name: '{save_name}' contains '..' or '.'; the file must stay inside models/loras.")
     if not name.endswith(SUFFIX):
         name += SUFFIX
-    root = loras_dir().resolve()
+    root = Path(loras_dir).resolve()
     path = (root / name).resolve()
     if root not in path.parents:
         raise ValueError(f"save_name: '{save_name}' resolves outside models/loras.")

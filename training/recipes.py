@@ -12,16 +12,9 @@ import comfy.model_base
 import comfy.model_sampling
 import comfy.samplers
 
-PHASES = ("slow", "fast", "custom")
+from .paper_timesteps import FAST_STEPS, FLUX_DEV, QWEN_IMAGE, SCHEDULE_STEPS, SLOW_STEPS
 
-# FACTS.md section 1: steps 1,3,5,7,9 (slow) and 11,21,31,41,50 (fast) of the default 50-step schedule at 1024².
-QWEN_SLOW = (1000.0, 979.1915, 957.5157, 934.9171, 911.3354)
-QWEN_FAST = (886.7053, 745.0728, 562.9505, 320.0802, 20.0)
-FLUX_SLOW = (1000.0, 986.9786, 973.2042, 958.6094, 943.1188)
-FLUX_FAST = (926.6473, 825.7017, 677.9868, 441.1997, 60.5503)
-SLOW_STEPS = (1, 3, 5, 7, 9)
-FAST_STEPS = (11, 21, 31, 41, 50)
-SCHEDULE_STEPS = 50
+PHASES = ("slow", "fast", "custom")
 
 
 @dataclass(frozen=True)
@@ -42,6 +35,9 @@ class Recipe:
     context_module: str | None = None  # Linear that takes the caption embedding (its in_features = width)
     pooled_module: str | None = None  # Linear that takes the pooled caption embedding, when required
     inplace_blocks: bool = False  # blocks add to inputs they saved for backward: only trainable with checkpointing
+    # Saved activation elements per token per unit of hidden width of one block, per block list (training/memory.py;
+    # measured on the small models by `python benchmarks/train_memory.py --calibrate`, rounded up with a margin).
+    activation_per_token: tuple[tuple[str, float], ...] = ()
 
 
 QWEN = Recipe(
@@ -49,16 +45,17 @@ QWEN = Recipe(
     # The paper's 12 targets; ComfyUI's Qwen-Image uses the diffusers names natively.
     target_modules=("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
                     "attn.to_out.0", "attn.to_add_out", "img_mlp.net.2", "img_mod.1", "txt_mlp.net.2", "txt_mod.1"),
-    block_lists=("transformer_blocks",), slow_t=QWEN_SLOW, fast_t=QWEN_FAST, weight_decay=0.0,
-    context_module="txt_in",
+    block_lists=("transformer_blocks",), slow_t=QWEN_IMAGE.slow, fast_t=QWEN_IMAGE.fast, weight_decay=0.0,
+    context_module="txt_in", activation_per_token=(("transformer_blocks", 26.0),),
 )
 FLUX = Recipe(
     arch="FLUX.1", rank=16, alpha=64.0, learning_rate=5e-4, steps=60,
     # Diffusers to_q/to_k/to_v/to_out.0 in ComfyUI's native FLUX: the image stream's fused qkv and its output
     # projection in double blocks, and linear1 (fused qkv + MLP input) in single blocks.
     target_modules=("img_attn.qkv", "img_attn.proj", "linear1"),
-    block_lists=("double_blocks", "single_blocks"), slow_t=FLUX_SLOW, fast_t=FLUX_FAST, guidance=1.0,
+    block_lists=("double_blocks", "single_blocks"), slow_t=FLUX_DEV.slow, fast_t=FLUX_DEV.fast, guidance=1.0,
     context_module="txt_in", pooled_module="vector_in.in_layer", inplace_blocks=True,
+    activation_per_token=(("double_blocks", 17.0), ("single_blocks", 15.0)),
 )
 SD3 = Recipe(
     arch="SD3", rank=16, alpha=64.0, learning_rate=5e-4, steps=60,
@@ -66,6 +63,7 @@ SD3 = Recipe(
     target_modules=("x_block.attn.qkv", "x_block.attn.proj"),
     block_lists=("joint_blocks",), slow_t=None, fast_t=None,
     context_module="context_embedder", pooled_module="y_embedder.mlp.0",
+    activation_per_token=(("joint_blocks", 13.0),),
 )
 # Other flow models: attention projections under the diffusers and the ComfyUI-native names.
 GENERIC = Recipe(

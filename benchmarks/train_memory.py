@@ -1,0 +1,204 @@
+"""The memory the paper's Qwen-Image and FLUX.1-dev LoRA recipes need at 1024x1024, two ways that must agree.
+
+    python benchmarks/train_memory.py              # the README table; exits non-zero if the two ways disagree
+    python benchmarks/train_memory.py --calibrate  # re-measure the recipes' activation coefficients (small models)
+
+"From the recipe": the paper's widths by hand. LoRA parameters are rank x (in + out) summed over the recipe's target
+layers (Qwen-Image: 12 layers in each of 60 blocks, width 3072, MLP 12288, modulation 6 x 3072; FLUX.1-dev: the image
+stream's qkv (3072 -> 9216) and output projection in 19 double blocks, linear1 (3072 -> 21504) in 38 single blocks);
+fp32 parameters and gradients at 4 bytes each; AdamW 8 bytes, AdamW8bit 2 bytes (+ block statistics); activations
+as training/memory.py describes them, in bf16 (CUDA with bf16 autocast), with the recipe's measured coefficients.
+"The trainer's estimate": training/loop.plan_memory, what the trainer asks the host for, run on the host's own
+full-size model built on the meta device (every layer and shape, no weights). Weights are the host's size of that
+model stored in bf16 or fp8. The caption is taken as 256 tokens (FLUX's T5 pads to at least 256).
+
+``--calibrate`` measures the saved activation elements per block of the small test models (benchmarks/models.py) in
+the trainer's own forward pass, at several image sizes, and fits elements = a * tokens * width + b * tokens^2 + c:
+``a`` is the coefficient (the tokens^2 term is the CPU attention's softmax, which CUDA's fused attention does not keep).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.append(str(ROOT))  # `cli`; appended, so that the host's `nodes` module wins over the pack's folder
+from cli.host import pack_module, start_in_process  # noqa: E402
+from benchmarks import models as gm  # noqa: E402
+
+RESOLUTION = 1024
+CAPTION_TOKENS = 256
+GIB = 1024 ** 3
+BF16 = 2
+
+
+def _qwen_by_hand() -> dict:
+    d, mlp, blocks = 3072, 4 * 3072, 60
+    shapes = [(d, d)] * 8 + [(mlp, d)] * 2 + [(d, 6 * d)] * 2  # attention x 8, *_mlp.net.2 x 2, *_mod.1 x 2
+    return dict(rank=32, shapes=shapes * blocks, width=d, blocks={"transformer_blocks": blocks}, always_checkpoint=False)
+
+
+def _flux_by_hand() -> dict:
+    d = 3072
+    shapes = [(d, 3 * d), (d, d)] * 19 + [(d, 3 * d + 4 * d)] * 38  # img_attn.qkv, img_attn.proj; linear1
+    return dict(rank=16, shapes=shapes, width=d, blocks={"double_blocks": 19, "single_blocks": 38}, always_checkpoint=True)
+
+
+BY_HAND = {"qwen": _qwen_by_hand, "flux": _flux_by_hand}
+NAMES = {"qwen": "Qwen-Image", "flux": "FLUX.1-dev"}
+
+
+def from_recipe(kind: str, recipe, checkpointing: bool) -> dict:
+    """Bytes per part, by hand from the paper's widths and the recipe's activation coefficients."""
+    spec = BY_HAND[kind]()
+    params = sum(spec["rank"] * (i + o) for i, o in spec["shapes"])
+    tokens = (RESOLUTION // 16) ** 2 + CAPTION_TOKENS  # 8x VAE, 2x2 patches
+    per_token = dict(recipe.activation_per_token)
+    c = [per_token[name] for name, n in spec["blocks"].items() for _ in range(n)]
+    n_blocks, busiest = len(c), max(c)
+    kept = (n_blocks + 1 + busiest) if checkpointing else sum(c)
+    acts = (kept + busiest + 2) * tokens * spec["width"] * BF16  # + one block of gradients, + 2 outside the blocks
+    return {"lora_params": params, "lora": 4 * params, "gradients": 4 * params, "AdamW": 8 * params,
+            "AdamW8bit": params * (2 + 8 / 256), "activations": acts}
+
+
+def trainer_estimate(patcher, kind: str, optimizer: str, checkpointing: bool):
+    """training/loop.plan_memory on the host's full-size model (meta device), CUDA bf16 autocast precision."""
+    loop, recipes, adapters, precision = (pack_module(f"training.{m}") for m in ("loop", "recipes", "adapters", "precision"))
+    recipe = recipes.detect_recipe(patcher)
+    targets = adapters.target_layers(patcher.model.diffusion_model, recipe.target_modules)
+    settings = loop.TrainSettings(sigmas=(1.0,), target_modules=recipe.target_modules, rank=recipe.rank, alpha=recipe.alpha,
+                                  learning_rate=recipe.learning_rate, steps=recipe.steps, seed=0,
+                                  gradient_checkpointing=checkpointing, block_lists=recipe.block_lists,
+                                  activation_per_token=dict(recipe.activation_per_token), width_module=recipe.context_module)
+    latent_shape = (1, 16, 1, RESOLUTION // 8, RESOLUTION // 8) if kind == "qwen" else (1, 16, RESOLUTION // 8, RESOLUTION // 8)
+    cuda_bf16 = precision.Precision(torch.bfloat16, False, torch.bfloat16)
+    return loop.plan_memory(patcher, targets, settings, latent_shape, CAPTION_TOKENS, cuda_bf16, optimizer), recipe
+
+
+def table() -> tuple[list[str], list[str]]:
+    """(markdown lines of the README table, disagreements between the two ways)."""
+    cols, problems = {}, []
+    for kind in ("qwen", "flux"):
+        models = {s: gm.make_full_size_on_meta(kind, s, torch.bfloat16) for s in (torch.bfloat16, torch.float8_e4m3fn)}
+        est = {(s, o, c): trainer_estimate(models[s], kind, o, c)[0] for s in models
+               for o in ("AdamW", "AdamW8bit") for c in (True, False)}
+        recipe = trainer_estimate(models[torch.bfloat16], kind, "AdamW", True)[1]
+        del models
+        for (s, o, c), e in est.items():
+            hand = from_recipe(kind, recipe, c)
+            for part, ours, theirs in (("LoRA parameters", e.lora_params, hand["lora_params"]),
+                                       ("LoRA bytes", e.lora + e.gradients, hand["lora"] + hand["gradients"]),
+                                       ("optimiser", e.optimizer, hand[o]), ("activations", e.activations, hand["activations"])):
+                if abs(ours - theirs) > max(1, 1e-6 * theirs):
+                    problems.append(f"{NAMES[kind]} {s} {o} checkpointing={c} {part}: trainer {ours} vs recipe {theirs}")
+        always = BY_HAND[kind]()["always_checkpoint"]
+        bf, f8 = est[(torch.bfloat16, "AdamW", True)], est[(torch.float8_e4m3fn, "AdamW8bit", True)]
+        off = est[(torch.bfloat16, "AdamW", False)]
+        cols[kind] = [
+            f"{bf.lora_params / 1e6:.1f}M (rank {recipe.rank})",
+            f"{bf.weights / GIB:.2f} / {f8.weights / GIB:.2f}",
+            f"{(bf.lora + bf.gradients) / GIB:.2f}",
+            f"{bf.optimizer / GIB:.2f} / {f8.optimizer / GIB:.2f}",
+            f"{bf.activations / GIB:.2f} / " + ("(always on)" if always else f"{off.activations / GIB:.2f}"),
+            f"**{f8.total / GIB:.1f}**",
+            f"{bf.total / GIB:.1f}",
+        ]
+    labels = ["LoRA parameters", "weights, bf16 / fp8", "LoRA parameters + gradients (fp32)",
+              "optimiser state, AdamW / AdamW8bit", "activations, gradient checkpointing on / off",
+              "**total: fp8 weights, AdamW8bit, checkpointing**", "total: bf16 weights, AdamW, checkpointing"]
+    lines = [f"| GiB at {RESOLUTION}x{RESOLUTION}, caption {CAPTION_TOKENS} tokens | Qwen-Image | FLUX.1-dev |", "|---|---|---|"]
+    lines += [f"| {label} | {q} | {f} |" for label, q, f in zip(labels, cols["qwen"], cols["flux"])]
+    return lines, problems
+
+
+def measure_per_token(kind: str, sizes=(64, 96, 128, 192)) -> dict[str, float]:
+    """The fitted coefficient ``a`` per block list of the small ``kind`` model (see the module docstring)."""
+    import comfy.patcher_extension as pe
+    import numpy as np
+
+    loop, recipes, data = (pack_module(f"training.{m}") for m in ("loop", "recipes", "data"))
+    builder = {"flux": gm.make_flux, "qwen": gm.make_qwen, "sd3": gm.make_sd3}[kind]
+    rows = []
+    for size in sizes:
+        model = builder().clone()
+        recipe = recipes.detect_recipe(model)
+        dm = model.model.diffusion_model
+        blocks = [(name, block) for name, mods in loop.block_lists(dm, recipe.block_lists) for block in mods]
+        own = {t.untyped_storage().data_ptr() for t in list(model.model.parameters()) + list(model.model.buffers())}
+        counts, current = {}, []
+
+        def pack(t):
+            if current and not (t.is_leaf and t.requires_grad):  # not a weight, not a LoRA matrix
+                key = t.untyped_storage().data_ptr()
+                if key not in own:
+                    own.add(key)
+                    counts[current[-1]] = counts.get(current[-1], 0) + t.untyped_storage().nbytes() // t.element_size()
+            return t
+
+        def measure(executor, *args, **kwargs):
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                return executor(*args, **kwargs)
+
+        def leave(module, args, output):
+            current.pop()  # returns None: the block's output is left as it is
+
+        handles = []
+        for i, (_, block) in enumerate(blocks):
+            handles.append(block.register_forward_pre_hook(lambda m, a, i=i: current.append(i)))
+            handles.append(block.register_forward_hook(leave))
+        model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "glance-measure", measure)
+        latent = data.encode_latent(gm.make_tiny_vae(), data.prepare_image(gm.sample_image(size), size, 32), model)
+        positive = gm.conditioning(kind, 1)
+        if recipe.guidance is not None:
+            positive = [[c, {**e, "guidance": recipe.guidance}] for c, e in positive]
+        settings = loop.TrainSettings(sigmas=(0.9,), target_modules=recipe.target_modules, rank=8, alpha=8.0,
+                                      learning_rate=1e-4, steps=1, seed=0, gradient_checkpointing=False,
+                                      block_lists=recipe.block_lists)
+        try:
+            with torch.inference_mode():
+                loop.train_lora(model, latent, positive, settings, recipe.arch)
+        finally:
+            for h in handles:
+                h.remove()
+        tokens = latent[0, 0].numel() // 4 + positive[0][0].shape[1]
+        width = dm.get_submodule(recipe.context_module).out_features
+        per_list = {}
+        for i, (name, _) in enumerate(blocks):
+            per_list[name] = max(per_list.get(name, 0), counts.get(i, 0))
+        rows.append((tokens, width, per_list))
+    fitted = {}
+    for name in rows[0][2]:
+        x = np.array([[n * w, n * n, w] for n, w, _ in rows], dtype=float)
+        y = np.array([p[name] for _, _, p in rows], dtype=float)
+        fitted[name] = float(np.linalg.lstsq(x, y, rcond=None)[0][0])
+    return fitted
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calibrate", action="store_true")
+    args = parser.parse_args()
+    start_in_process()
+    torch.set_num_threads(1)
+    if args.calibrate:
+        recipes = pack_module("training.recipes")
+        for kind, recipe in (("flux", recipes.FLUX), ("qwen", recipes.QWEN), ("sd3", recipes.SD3)):
+            measured = measure_per_token(kind)
+            for name, a in measured.items():
+                print(f"{recipe.arch:<11} {name:<20} measured {a:6.2f}   recipe {dict(recipe.activation_per_token)[name]:6.1f}")
+        return
+    lines, problems = table()
+    print("\n".join(lines))
+    print(f"\ncommand: python benchmarks/train_memory.py ({pack_module('host_compat').host_version()})")
+    if problems:
+        print("\nDISAGREE:\n" + "\n".join(problems))
+        sys.exit(1)
+    print("from the recipe == the trainer's estimate: yes")
+
+
+if __name__ == "__main__":
+    main()
