@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import comfy.samplers
 import comfy.utils
+import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
@@ -106,8 +108,9 @@ class GlanceDistillExperts(io.ComfyNode):
             raise ValueError("sigmas: expected a SIGMAS schedule (e.g. from Glance Fit Schedule).")
         prompts = check_prompts(model, positive, negative)
         latent = single_empty_latent(model, latent_image)
-        name_slow, path_slow = resolve_save_path(save_name_slow)
-        name_fast, path_fast = resolve_save_path(save_name_fast)
+        loras_dir = Path(folder_paths.get_folder_paths("loras")[0])
+        name_slow, path_slow = resolve_save_path(save_name_slow, loras_dir)
+        name_fast, path_fast = resolve_save_path(save_name_fast, loras_dir)
         if path_slow == path_fast:
             raise ValueError(f"save_name_fast: '{name_fast}' is the slow expert's name too; give the two experts different names.")
         ms = model.get_model_object("model_sampling")
@@ -117,7 +120,8 @@ class GlanceDistillExperts(io.ComfyNode):
             cfg_fast=float(cfg_fast), rollouts=int(rollouts), steps=int(steps), rank=int(rank), alpha=alpha,
             learning_rate=float(learning_rate), seed=int(seed), target_modules=recipe.target_modules,
             block_lists=recipe.block_lists, gradient_checkpointing=bool(gradient_checkpointing) or recipe.inplace_blocks,
-            weight_decay=recipe.weight_decay)
+            weight_decay=recipe.weight_decay, activation_per_token=dict(recipe.activation_per_token),
+            width_module=recipe.context_module)
         if recipe.guidance is not None:  # FLUX's distilled guidance input, as the trainer sets it
             prompts = [[[c, {**extras, "guidance": extras.get("guidance", recipe.guidance)}] for c, extras in p] for p in prompts]
 
@@ -137,7 +141,7 @@ class GlanceDistillExperts(io.ComfyNode):
             sd = comfy_lora_state_dict(result.adapters[phase], alpha)
             metadata = build_metadata(
                 base_model=recipe.arch, model_class=type(model.model).__name__, resolution=resolution,
-                optimizer=result.optimizer, final_loss=result.losses[phase][-1], prompts=len(prompts),
+                optimizer=result.optimizer, precision=result.precision, final_loss=result.losses[phase][-1], prompts=len(prompts),
                 **phase_settings(settings, phase))
             save_atomic(sd, path, metadata)
             experts[phase] = (lora_patches(model, sd, f"distilled {phase} expert '{name}'"), 1.0)

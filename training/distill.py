@@ -3,16 +3,19 @@
 The teacher is the model with no adapter: it samples ``rollouts`` images with Euler on a fine schedule that
 contains every point of the coarse schedule (``nodes/teacher.py``, the host's own sampler). For the coarse segment
 [s_i, s_k] of rollout r the target velocity at the teacher's state x_i is ``(x_i - x_k) / (s_i - s_k)``: the
-single Euler step that lands exactly on the teacher's x_k. Each expert (a peft LoRA, ``loop.lora_adapters``)
-learns its phase's segments: the slow expert the segments that start above the switch sigma, the fast one the
+single Euler step that lands exactly on the teacher's x_k. Each expert (LoRA terms as forward hooks,
+``adapters.lora_terms``; only the expert in training has its terms on the model) learns its phase's segments: the slow expert the segments that start above the switch sigma, the fast one the
 rest, each predicting through the host's guider with its phase's cfg, as the phase runs at inference (cfg 1
 skips the negative pass there and here). Loss: MSE between the expert's velocity ``(x - denoised) / s`` and the
 target. The experts are trained one after the other inside one sampler run of the host's guider (the model is
-loaded once); afterwards the diffusion model has its original modules again and its weights were never written.
+loaded once, with the trainer's memory plan, precision and optimiser: training/loop.py); afterwards the diffusion
+model has no hook, no trainable flag and the same tensors as before, and its weights were never written.
 """
 from __future__ import annotations
 
+import logging
 import math
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,11 +23,15 @@ import comfy.model_management as mm
 import comfy.samplers
 import torch
 
-from ..host_compat import training_mode
+from ..host_compat import non_dynamic, training_mode
 from ..nodes import teacher
 from ..nodes.schedules import first_fast_step
-from .loop import (GRAD_CLIP, NaNLossError, TrainSettings, _release_inference_tensors, autocast_for, clone_tensors,
-                   lora_adapters, make_optimizer, trainable_blocks)
+from . import memory, precision
+from .adapters import frozen_base, lora_terms, target_layers
+from .loop import (GRAD_CLIP, NaNLossError, TrainSettings, clone_tensors, make_optimizer, optimizer_name, plan_memory,
+                   trainable_blocks)
+
+log = logging.getLogger(__name__)
 
 PHASES = ("slow", "fast")
 OBJECTIVE = ("distillation: MSE between the expert's guided velocity at the teacher's state x_i and the teacher's "
@@ -48,6 +55,8 @@ class DistillSettings:
     block_lists: tuple[str, ...] = ()
     gradient_checkpointing: bool = True
     weight_decay: float = 0.01
+    activation_per_token: dict[str, float] = field(default_factory=dict)  # recipe's c_block per block list
+    width_module: str | None = None  # a Linear whose out_features is the model's hidden width
 
 
 @dataclass
@@ -56,6 +65,8 @@ class DistillResult:
     losses: dict[str, list[float]] = field(default_factory=dict)
     teacher_passes: int = 0
     optimizer: str = ""
+    precision: str = ""
+    memory: memory.MemoryEstimate | None = None
 
 
 def teacher_schedule(coarse: torch.Tensor, fine: torch.Tensor, tol: float = 1e-5) -> tuple[torch.Tensor, list[int]]:
@@ -144,6 +155,27 @@ def distill_experts(patcher, prompts: list, negative, latent: torch.Tensor, sett
         if on_progress is not None:
             on_progress(done, total)
 
+    # 0. The run's plan, before anything is loaded: the trainer's precision, optimiser and memory estimate (one
+    # expert's terms and optimiser state at a time; cond and uncond in one batch where a phase uses CFG).
+    work = non_dynamic(patcher).clone()
+    dm = work.model.diffusion_model
+    targets = target_layers(dm, settings.target_modules)
+    if not targets:
+        raise ValueError(f"model: none of the LoRA target modules {list(settings.target_modules)} exist in this {arch} model.")
+    device = work.load_device
+    prec = precision.choose(device, precision.compute_dtype(work))
+    result.optimizer, result.precision = optimizer_name(device), prec.describe()
+    batch = 2 if any(c != 1.0 for c in (settings.cfg, settings.cfg_fast)) else 1
+    text_tokens = max(int(c.shape[1]) for cond in [*prompts, negative] for c, _ in cond)
+    plan = TrainSettings(sigmas=settings.sigmas, target_modules=settings.target_modules, rank=settings.rank,
+                         alpha=settings.alpha, learning_rate=settings.learning_rate, steps=settings.steps, seed=settings.seed,
+                         gradient_checkpointing=settings.gradient_checkpointing, block_lists=settings.block_lists,
+                         activation_per_token=dict(settings.activation_per_token), width_module=settings.width_module)
+    est = result.memory = plan_memory(work, targets, plan, (batch, *latent.shape[1:]), text_tokens, prec, result.optimizer)
+    log.info("Glance distill: %s on %s, %s; %d LoRA layers per expert; memory: %s", arch, device, prec.describe(),
+             len(targets), memory.breakdown(est))
+    memory.check_fits(est, device, mm.get_total_memory(device), mm.extra_reserved_memory())
+
     # 1. The teacher (no adapter anywhere yet): its states at the coarse points, per rollout.
     states: list[torch.Tensor] = []
     prompt_of: list[int] = []
@@ -154,68 +186,83 @@ def distill_experts(patcher, prompts: list, negative, latent: torch.Tensor, sett
 
     with torch.no_grad():
         result.teacher_passes = teacher.rollouts(
-            patcher, prompts, negative, settings.cfg, latent, grid, settings.rollouts, settings.seed, keep,
+            work, prompts, negative, settings.cfg, latent, grid, settings.rollouts, settings.seed, keep,
             lambda r, i: progress(r * teacher_steps + i + 1))
     done = settings.rollouts * teacher_steps
 
-    # 2. The experts, one after the other, in one sampler run of the host's guider.
-    work = patcher.clone()
+    # 2. The experts, one after the other, in one sampler run of the host's guider; only the expert in training has
+    # its terms on the model (its own lora_terms context, removed before the next one starts).
     cfgs = {"slow": settings.cfg, "fast": settings.cfg_fast}
     prompts = [clone_tensors(p) for p in prompts]
     negative = clone_tensors(negative)
 
-    def run(guider, x0, model_options):
+    def train_expert(guider, phase: str, n: int, gen: torch.Generator, model_options) -> None:
         nonlocal done
-        dm = guider.inner_model.diffusion_model
-        device = x0.device
-        _release_inference_tensors(dm)
-        gen = torch.Generator().manual_seed(settings.seed)
-        for n, phase in enumerate(PHASES):
-            train = TrainSettings(
-                sigmas=tuple(float(coarse[j]) for j in segments[phase]), target_modules=settings.target_modules,
-                rank=settings.rank, alpha=settings.alpha, learning_rate=settings.learning_rate, steps=settings.steps,
-                seed=settings.seed + n, gradient_checkpointing=settings.gradient_checkpointing,
-                block_lists=settings.block_lists, weight_decay=settings.weight_decay)
-            guider.set_cfg(cfgs[phase])
-            losses = result.losses[phase] = []
-            with lora_adapters(dm, train, arch) as adapters, \
-                    trainable_blocks(dm, settings.block_lists, settings.gradient_checkpointing):
-                params = [p for pair in adapters.values() for p in pair]
-                optimizer, result.optimizer = make_optimizer(params, settings.learning_rate, settings.weight_decay, device)
-                for step in range(settings.steps):
-                    mm.throw_exception_if_processing_interrupted()
-                    r = int(torch.randint(len(states), (1,), generator=gen))
-                    j = segments[phase][int(torch.randint(len(segments[phase]), (1,), generator=gen))]
-                    s_i, s_k = float(coarse[j]), float(coarse[j + 1])
-                    x_i = states[r][j:j + 1].to(device)
-                    target = (x_i - states[r][j + 1:j + 2].to(device)) / (s_i - s_k)
-                    sigma = torch.full((1,), s_i, device=device)
-                    guider.prompt = f"prompt_{prompt_of[r]}"
-                    with autocast_for(device):
-                        denoised = guider(x_i, sigma, model_options=model_options, seed=settings.seed)
-                    velocity = (x_i - denoised.float()) / s_i
-                    loss = torch.nn.functional.mse_loss(velocity, target)
-                    if not torch.isfinite(loss):
-                        raise NaNLossError(
-                            f"Distillation stopped at {phase} step {step + 1}/{settings.steps}: the loss is {loss.item()} "
-                            f"(not finite). Lower learning_rate (now {settings.learning_rate:g}) or check the model; "
-                            "no file was written.")
+        guider.set_cfg(cfgs[phase])
+        losses = result.losses[phase] = []
+        with lora_terms(dm, targets, settings.rank, settings.alpha, settings.seed + n, device) as pairs:
+            params = [p for pair in pairs.values() for p in (pair.down, pair.up)]
+            optimizer = make_optimizer(result.optimizer, params, settings.learning_rate, settings.weight_decay)
+            scaler = prec.scaler(device)
+            for step in range(settings.steps):
+                mm.throw_exception_if_processing_interrupted()
+                r = int(torch.randint(len(states), (1,), generator=gen))
+                j = segments[phase][int(torch.randint(len(segments[phase]), (1,), generator=gen))]
+                s_i, s_k = float(coarse[j]), float(coarse[j + 1])
+                x_i = states[r][j:j + 1].to(device)
+                target = (x_i - states[r][j + 1:j + 2].to(device)) / (s_i - s_k)
+                sigma = torch.full((1,), s_i, device=device)
+                guider.prompt = f"prompt_{prompt_of[r]}"
+                with prec.autocast_context(device):
+                    denoised = guider(x_i, sigma, model_options=model_options, seed=settings.seed)
+                velocity = (x_i - denoised.float()) / s_i
+                loss = torch.nn.functional.mse_loss(velocity, target)
+                if not torch.isfinite(loss):
+                    raise NaNLossError(
+                        f"Distillation stopped at {phase} step {step + 1}/{settings.steps}: the loss is {loss.item()} "
+                        f"(not finite). Lower learning_rate (now {settings.learning_rate:g}) or check the model; "
+                        "no file was written.")
+                if scaler is None:
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
                     optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    losses.append(float(loss.item()))
-                    done += 1
-                    progress(done)
-                result.adapters[phase] = {name: (a.detach().float().cpu().clone(), b.detach().float().cpu().clone())
-                                          for name, (a, b) in adapters.items()}
-                del optimizer
+                else:  # fp16: scaled loss; gradients unscaled before clipping; a step with inf/NaN gradients is skipped
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+                    scaler.step(optimizer)
+                    scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.item()))
+                done += 1
+                progress(done)
+            result.adapters[phase] = {name: (p.down.detach().float().cpu().clone(), p.up.detach().float().cpu().clone())
+                                      for name, p in pairs.items()}
+            del optimizer, params
+
+    def run(guider, x0, model_options):
+        memory.check_full_load(work, est, device)  # the guider's own load must not have offloaded part of it
+        gen = torch.Generator().manual_seed(settings.seed)
+        with frozen_base(guider.inner_model), \
+                trainable_blocks(dm, settings.block_lists, settings.gradient_checkpointing):
+            try:
+                for n, phase in enumerate(PHASES):
+                    train_expert(guider, phase, n, gen, model_options)
+            except BaseException as e:
+                # A failed step's tensors (its autograd graph keeps the base's weights) must go before the base is
+                # restored; the traceback would keep them alive.
+                traceback.clear_frames(e.__traceback__)
+                raise
 
     guider = _PromptGuider(work)
     guider.set_prompts(prompts, negative)
+    # Loaded as train_lora loads (training/loop.py): the whole model, inside inference mode, with room for the training
+    # state; the guider's own load below finds it loaded and moves nothing.
+    with torch.inference_mode():
+        mm.load_models_gpu([work], memory_required=est.training, force_full_load=True)
+    memory.check_full_load(work, est, device)
     with torch.inference_mode(False), torch.enable_grad(), training_mode():
         x0 = torch.zeros_like(latent)
-        mm.load_models_gpu([work], memory_required=work.model.memory_required(list(x0.shape)) * 3)
         guider.sample(torch.zeros_like(x0), x0, _DistillSampler(run), coarse, seed=settings.seed)
     return result
 
