@@ -7,17 +7,22 @@ from PIL import Image, ImageDraw
 
 SLOW_COLOR = (70, 130, 230)
 FAST_COLOR = (235, 120, 40)
+REFERENCE_COLOR = (120, 120, 130)
 
 
-def plot_sigmas(sigmas: torch.Tensor, switch_sigma: float, title: str = "", size=(512, 320)) -> torch.Tensor:
-    """Sigma per step: slow-phase points blue, fast-phase orange, the switch sigma a dashed line. [1,H,W,3] in 0..1."""
+def plot_sigmas(sigmas: torch.Tensor, switch_sigma: float, title: str = "", size=(512, 320),
+                reference: torch.Tensor | None = None, reference_label: str = "") -> torch.Tensor:
+    """Sigma per step: slow-phase points blue, fast-phase orange, the switch sigma a dashed line. [1,H,W,3] in 0..1.
+
+    ``reference``: another schedule with the same number of steps, drawn grey behind it (e.g. the plain one)."""
     w, h = size
     left, right, top, bottom = 48, 16, 30, 36
     img = Image.new("RGB", size, (24, 24, 28))
     draw = ImageDraw.Draw(img)
     values = [float(s) for s in sigmas]
     steps = max(len(values) - 1, 1)
-    top_sigma = max(max(values), switch_sigma, 1e-6)
+    ref_values = [float(s) for s in reference] if reference is not None else []
+    top_sigma = max(max(values), switch_sigma, *ref_values, 1e-6)
 
     def xy(i, s):
         return (left + (w - left - right) * i / steps, top + (h - top - bottom) * (1 - s / top_sigma))
@@ -30,6 +35,13 @@ def plot_sigmas(sigmas: torch.Tensor, switch_sigma: float, title: str = "", size
     for x in range(left, w - right, 10):
         draw.line([(x, y_switch), (x + 5, y_switch)], fill=(220, 60, 60), width=1)
     draw.text((w - right - 150, y_switch - 14), f"switch sigma {switch_sigma:.4f}", fill=(230, 90, 90))
+    if ref_values:
+        ref_steps = max(len(ref_values) - 1, 1)
+        ref_points = [(left + (w - left - right) * i / ref_steps, xy(0, s)[1]) for i, s in enumerate(ref_values)]
+        draw.line(ref_points, fill=REFERENCE_COLOR, width=1)
+        for p in ref_points:
+            draw.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], outline=REFERENCE_COLOR)
+        draw.text((w - right - 150, top + 4), reference_label or "reference", fill=REFERENCE_COLOR)
     points = [xy(i, s) for i, s in enumerate(values)]
     draw.line(points, fill=(160, 160, 170), width=1)
     for i, (p, s) in enumerate(zip(points, values)):

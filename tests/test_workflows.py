@@ -9,12 +9,17 @@ pytestmark = [pytest.mark.host, pytest.mark.server]
 # Workflows whose every model file has a small stand-in of the same loader structure (UNETLoader, CLIPLoader,
 # VAELoader): they run end to end on the demo kit. glance_flux_dev needs DualCLIPLoader(type flux) with T5-XXL,
 # which has no small form: it is validated only.
-RUNS = ["glance_qwen_image", "glance_train_and_sample", "stock_two_sampler_baseline"]
+RUNS = ["glance_qwen_image", "glance_train_and_sample", "stock_two_sampler_baseline", "glance_fit_and_distill"]
+# Fewer rollouts and optimiser steps on the kit (the graph and its links as shipped); fresh save names each run.
+QUICK = {"GlanceFitSchedule": lambda: {"rollouts": 2, "fine_steps": 20},
+         "GlanceDistillExperts": lambda: {"rollouts": 2, "steps": 4, "fine_steps": 20,
+                                          "save_name_slow": f"glance_test/distilled_{uuid.uuid4().hex[:8]}_slow",
+                                          "save_name_fast": f"glance_test/distilled_{uuid.uuid4().hex[:8]}_fast"}}
 
 
 def test_every_workflow_has_twin_and_preview():
     assert set(gs.WORKFLOW_NAMES) == {"glance_qwen_image", "glance_flux_dev", "glance_train_and_sample",
-                                      "stock_two_sampler_baseline"}
+                                      "stock_two_sampler_baseline", "glance_fit_and_distill"}
     for name in gs.WORKFLOW_NAMES:
         assert (gs.WORKFLOWS / "api" / f"{name}.json").is_file(), f"{name}: no API twin"
         previews = [p for ext in ("png", "jpg") for p in [gs.WORKFLOWS / f"{name}.{ext}"] if p.is_file()]
@@ -92,6 +97,8 @@ def test_api_twin_validates_as_shipped(live, shipped_files, name):
 @pytest.mark.parametrize("name", RUNS)
 def test_runs_to_success_on_the_small_kit(live, kit_files, name):
     prompt = gs.kit_prompt(name, kit_files)
+    prompt = gs.apply_overrides(prompt, {f"{n['_meta']['title']}.{k}": v for n in prompt.values()
+                                         if n["class_type"] in QUICK for k, v in QUICK[n["class_type"]]().items()})
     assert gs.check_against_object_info(prompt, live.object_info()) == []
     entry = live.client.run(prompt, timeout=300)
     assert entry["status"]["status_str"] == "success"
@@ -105,3 +112,11 @@ def test_runs_to_success_on_the_small_kit(live, kit_files, name):
                 saved = live.models / "loras" / (node["inputs"]["save_name"] + ".safetensors")
                 assert saved.is_file(), f"{node['_meta']['title']} saved nothing"
                 assert entry["outputs"][node_id]["images"], "no loss plot"
+    if name == "glance_fit_and_distill":
+        fit = next(i for i, n in prompt.items() if n["class_type"] == "GlanceFitSchedule")
+        distill = next(i for i, n in prompt.items() if n["class_type"] == "GlanceDistillExperts")
+        assert entry["outputs"][fit]["images"] and entry["outputs"][distill]["images"], "no schedule or loss plot"
+        assert list((live.models / "glance_schedules").glob("SD3_*_64x64_cfg5_5+5.json")), "no schedule file saved"
+        for key in ("save_name_slow", "save_name_fast"):
+            saved = live.models / "loras" / (prompt[distill]["inputs"][key] + ".safetensors")
+            assert saved.is_file(), f"the distilled expert {key} was not saved"

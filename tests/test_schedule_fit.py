@@ -1,0 +1,263 @@
+"""GlanceFitSchedule: the path search, a fit on the demo kit judged by sampling, the saved preset, bad inputs."""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+from benchmarks import models as gm
+from cli import model_kit
+
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("one_thread")]
+
+CFG = 3.0
+
+
+# --- the path search against brute force ----------------------------------------------------------------------
+
+def _errors(n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    e = torch.full((n + 1, n + 1), math.inf, dtype=torch.float64)
+    for i in range(n):
+        for k in range(i + 1, n + 1):
+            e[i, k] = float(torch.rand((), generator=gen)) * (k - i) ** 1.5  # longer steps cost more, unevenly
+    return e
+
+
+def _brute(e: torch.Tensor, steps: int, start: int, end: int):
+    best = (math.inf, None)
+    for inner in itertools.combinations(range(start + 1, end), steps - 1):
+        nodes = [start, *inner, end]
+        cost = sum(float(e[a, b]) for a, b in zip(nodes[:-1], nodes[1:]))
+        best = min(best, (cost, nodes))
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_least_error_path_is_the_brute_force_optimum(pack, seed):
+    sf = pack("nodes.schedule_fit")
+    n = 9
+    e = _errors(n, seed)
+    for steps in range(1, n + 1):
+        cost, nodes = sf.least_error_path(e, steps)
+        want_cost, want_nodes = _brute(e, steps, 0, n)
+        assert cost == pytest.approx(want_cost, rel=1e-12) and nodes == want_nodes, steps
+        assert cost == pytest.approx(sf.path_error(e, nodes), rel=1e-12)
+
+
+def test_two_phase_path_with_a_fixed_switch_is_the_brute_force_optimum(pack):
+    sf = pack("nodes.schedule_fit")
+    n = 10
+    e = _errors(n, 7)
+    for slow, fast in [(1, 1), (2, 3), (3, 2), (4, 4)]:
+        free = sf.fit_path(e, slow, fast)
+        want_cost, want_nodes = _brute(e, slow + fast, 0, n)
+        assert free.error == pytest.approx(want_cost, rel=1e-12) and free.nodes == want_nodes
+        assert free.switch_node == free.nodes[slow]
+        for m in range(slow, n - fast + 1):
+            held = sf.fit_path(e, slow, fast, switch_node=m)
+            want = min((sum(float(e[a, b]) for a, b in zip(p[:-1], p[1:])), p)
+                       for above in itertools.combinations(range(1, m), slow - 1)
+                       for below in itertools.combinations(range(m + 1, n), fast - 1)
+                       for p in [[0, *above, m, *below, n]])
+            assert held.error == pytest.approx(want[0], rel=1e-12) and held.nodes == want[1], (slow, fast, m)
+            assert held.nodes[slow] == m
+        assert free.error <= min(sf.fit_path(e, slow, fast, switch_node=m).error for m in range(slow, n - fast + 1)) + 1e-12
+
+
+def test_local_error_is_zero_for_the_steps_the_rollout_took(pack):
+    sf = pack("nodes.schedule_fit")
+    gen = torch.Generator().manual_seed(0)
+    sigmas = torch.tensor([1.0, 0.8, 0.5, 0.3, 0.1, 0.0])
+    v = torch.randn((5, 4, 3, 3), generator=gen)
+    x = [torch.randn((4, 3, 3), generator=gen)]
+    for i in range(5):  # Euler along the recorded velocities
+        x.append(x[-1] + (sigmas[i + 1] - sigmas[i]) * v[i])
+    e = sf.local_errors(torch.stack(x), v, sigmas)
+    assert torch.allclose(torch.diagonal(e, 1), torch.zeros(5, dtype=torch.float64), atol=1e-10)
+    assert bool((e[0, 2:] > 1e-3).all()), "skipping a point on a curved path must cost something"
+    assert bool(torch.isinf(e[torch.tril(torch.ones(6, 6, dtype=torch.bool))]).all())
+    straight = torch.stack([x[0] + (s - 1.0) * v[0] for s in sigmas])  # a straight path: every step is exact
+    assert float(sf.local_errors(straight, v[:1].expand(5, -1, -1, -1), sigmas)[torch.triu(torch.ones(6, 6, dtype=torch.bool), 1)].max()) < 1e-10
+
+
+# --- a fit on the demo kit ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def kit(comfy, base_dir):
+    model_kit.ensure_demo_models(base_dir / "models")
+    n = comfy.NODE_CLASS_MAPPINGS
+    loaders = model_kit.node_inputs()
+    with torch.inference_mode():
+        model = n["UNETLoader"]().load_unet(**loaders["UNETLoader"])[0]
+        clip = n["CLIPLoader"]().load_clip(**loaders["CLIPLoader"])[0]
+        encode = n["CLIPTextEncode"]()
+        conds = {d: encode.encode(clip, model_kit.PROMPT.format(d))[0] for d in (3, 5, 7)}
+        negative = encode.encode(clip, "")[0]
+    size = model_kit.IMAGE_SIZE // 8
+    return dict(nodes=comfy, n=n, model=model, conds=conds, negative=negative,
+                latent={"samples": torch.zeros((1, 16, size, size))})
+
+
+def fit(kit, **overrides):
+    args = dict(model=kit["model"], positive=kit["conds"][3], negative=kit["negative"], cfg=CFG, latent_image=kit["latent"],
+                steps_slow=3, steps_fast=3, fine_steps=30, scheduler="simple", rollouts=4, seed=0, switch_sigma=0.0,
+                save_name="test/fit")
+    args.update(overrides)
+    with torch.inference_mode():
+        return kit["n"]["GlanceFitSchedule"].execute(**args)
+
+
+def end_error(kit, sigmas, fine_steps: int, prompt: int, seeds: int = 6) -> float:
+    """MSE of the schedule's samples (the host's SamplerCustom, euler) to the fine-step samples (KSampler), new seeds."""
+    n = kit["n"]
+    latent = {"samples": torch.zeros((seeds, *kit["latent"]["samples"].shape[1:]))}
+    positive = kit["conds"][prompt]
+    with torch.inference_mode():
+        ref = n["KSampler"]().sample(kit["model"], 500 + prompt, fine_steps, CFG, "euler", "simple", positive,
+                                     kit["negative"], latent)[0]["samples"]
+        sampler = gm.run_node(kit["nodes"], "KSamplerSelect", sampler_name="euler")[0]
+        out = gm.run_node(kit["nodes"], "SamplerCustom", model=kit["model"], add_noise=True, noise_seed=500 + prompt,
+                          cfg=CFG, positive=positive, negative=kit["negative"], sampler=sampler, sigmas=sigmas,
+                          latent_image=latent)[0]
+    return float(((out["samples"] - ref) ** 2).mean())
+
+
+def test_fitted_schedule_lands_closer_to_the_fine_run_than_the_plain_one(kit, pack, base_dir, caplog):
+    caplog.set_level(logging.INFO, logger="comfyui-glance")
+    counted = []
+
+    def count(executor, x, *args, **kwargs):
+        counted.append(int(x.shape[0]))
+        return executor(x, *args, **kwargs)
+
+    import comfy.patcher_extension as pe
+    import comfy.samplers
+
+    model = kit["model"].clone()
+    model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "glance-test-count", count)
+    sigmas, switch, plot = fit({**kit, "model": model}).args
+    assert len(sigmas) == 7 and float(sigmas[0]) == pytest.approx(1.0) and float(sigmas[-1]) == 0.0
+    assert torch.all(sigmas[1:] < sigmas[:-1])
+    assert float(sigmas[3]) < switch < float(sigmas[2])  # exactly 3 slow steps start above the switch
+    fine = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 30)
+    assert all(torch.isclose(fine, s).any() for s in sigmas), "every fitted point is a point of the fine schedule"
+    assert plot.shape == (1, 320, 512, 3)
+    assert sum(counted) == 4 * 30 * 2  # 4 rollouts x 30 steps, cond + uncond
+    assert f"{4 * 30 * 2} model passes" in caplog.text
+
+    plain = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 6)
+    assert not torch.allclose(plain, sigmas)
+    for prompt in (3, 5):  # the fitted prompt, and one the fit never saw
+        fitted_error, plain_error = end_error(kit, sigmas, 30, prompt), end_error(kit, plain, 30, prompt)
+        print(f"digit {prompt}: end error fitted {fitted_error:.5f}, plain {plain_error:.5f}")
+        assert fitted_error < 0.8 * plain_error, (prompt, fitted_error, plain_error)
+
+
+def test_saved_schedule_is_a_glance_sigmas_preset(kit, comfy, base_dir):
+    sigmas, switch, _ = fit(kit, save_name="test/preset_me", steps_slow=2, steps_fast=2, fine_steps=12, rollouts=2).args
+    path = base_dir / "models" / "glance_schedules" / "test" / "preset_me.json"
+    record = json.loads(path.read_text())
+    assert record["format"] == "glance-schedule" and record["sigmas"] == [float(s) for s in sigmas]
+    assert record["model"]["model_class"] == "SD3" and record["model"]["fingerprint"]
+    assert record["resolution"] == [model_kit.IMAGE_SIZE] * 2 and record["cfg"] == CFG
+    assert record["fit_error"] >= 0 and record["model_passes"] == 2 * 12 * 2
+    node = comfy.NODE_CLASS_MAPPINGS["GlanceSigmas"]
+    options = next(i for i in node.define_schema().inputs if i.id == "preset").options
+    assert "test/preset_me.json" in options and options[:3] == ["qwen_image_glance", "flux_dev_glance", "split_from_model_scheduler"]
+    assert node.validate_inputs(preset="test/preset_me.json") is True
+    got, got_switch, plot = node.execute(kit["model"], "test/preset_me.json", 1, 1, 0.5, "simple").args
+    assert torch.equal(got, sigmas) and got_switch == switch and plot.shape[0] == 1
+    # A later fit under the same name replaces the file, whole.
+    again, _, _ = fit(kit, save_name="test/preset_me", steps_slow=1, steps_fast=2, fine_steps=12, rollouts=2).args
+    assert json.loads(path.read_text())["sigmas"] == [float(s) for s in again] and len(again) == 4
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".glance-")]
+
+
+def test_automatic_name_says_model_size_cfg_and_steps(kit, base_dir):
+    fit(kit, save_name="", steps_slow=1, steps_fast=1, fine_steps=6, rollouts=1)
+    names = [p.name for p in (base_dir / "models" / "glance_schedules").glob("SD3_*_64x64_cfg3_1+1.json")]
+    assert len(names) == 1, names
+
+
+def test_glance_sigmas_refuses_unknown_or_broken_saved_schedules(comfy, kit, base_dir):
+    node = comfy.NODE_CLASS_MAPPINGS["GlanceSigmas"]
+    assert "preset: 'nope.json'" in node.validate_inputs(preset="nope.json")
+    broken = base_dir / "models" / "glance_schedules" / "test" / "broken.json"
+    broken.parent.mkdir(parents=True, exist_ok=True)
+    broken.write_text(json.dumps({"format": "glance-schedule", "sigmas": [0.2, 0.5, 0.0], "switch_sigma": 0.3}))
+    with pytest.raises(ValueError, match=r"^preset: 'test/broken.json'.*not a descending schedule"):
+        node.execute(kit["model"], "test/broken.json", 1, 1, 0.5, "simple")
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match=r"^preset: 'test/broken.json' cannot be read"):
+        node.execute(kit["model"], "test/broken.json", 1, 1, 0.5, "simple")
+
+
+def test_saved_schedule_for_another_model_warns(comfy, kit, caplog):
+    fit(kit, save_name="test/for_the_kit", steps_slow=1, steps_fast=1, fine_steps=6, rollouts=1)
+    caplog.set_level(logging.WARNING, logger="comfyui-glance")
+    comfy.NODE_CLASS_MAPPINGS["GlanceSigmas"].execute(gm.make_flux(), "test/for_the_kit.json", 1, 1, 0.5, "simple")
+    assert "was fitted to another model" in caplog.text and "model_class 'SD3' vs 'Flux'" in caplog.text
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(steps_slow=20, steps_fast=20, fine_steps=30), r"^steps_slow \+ steps_fast = 40 is more than fine_steps=30"),
+    (dict(rollouts=0), r"^rollouts=0"),
+    (dict(cfg=float("nan")), r"^cfg=nan"),
+    (dict(switch_sigma=float("nan")), r"^switch_sigma=nan"),
+    (dict(switch_sigma=5.0), r"^switch_sigma=5 is outside this model's sigma range"),
+    (dict(switch_sigma=0.99, steps_slow=3, fine_steps=30), r"^switch_sigma=0.99: its nearest fine point"),
+    (dict(save_name="../escape"), r"^save_name: '../escape' contains '..'"),
+    (dict(save_name="/tmp/glance_abs"), r"^save_name: '/tmp/glance_abs' is an absolute path"),
+    (dict(latent_image=torch.zeros((1, 16, 8, 8))), r"^latent_image: expected a LATENT"),
+    (dict(latent_image={"samples": torch.ones((1, 4, 8, 8))}), r"^latent_image has 4 channels"),
+    (dict(positive=[[torch.zeros((1, 8, 64)), {}]]), r"^positive: .*width 64"),
+    (dict(negative="a string"), r"^negative: expected CONDITIONING"),
+    (dict(scheduler="no_such"), r"^scheduler='no_such' is not one of"),
+])
+def test_bad_inputs_are_refused_before_any_sampling(kit, base_dir, overrides, message):
+    before = set((base_dir / "models").rglob("*.json"))
+    with pytest.raises(ValueError, match=message):
+        fit(kit, **overrides)
+    assert set((base_dir / "models").rglob("*.json")) == before
+
+
+def test_interrupt_stops_the_fit_and_saves_nothing(kit, base_dir):
+    """The user presses Cancel during the 5th model call (of 2 rollouts x 10 steps): the fit stops at that step."""
+    import comfy.model_management as mm
+    import comfy.patcher_extension as pe
+
+    calls = []
+
+    def cancel_at_fifth(executor, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            mm.interrupt_current_processing(True)
+        return executor(*args, **kwargs)
+
+    model = kit["model"].clone()
+    model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "glance-test-cancel", cancel_at_fifth)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            fit({**kit, "model": model}, save_name="test/interrupted", rollouts=2, fine_steps=10)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert len(calls) == 5
+    assert not (base_dir / "models" / "glance_schedules" / "test" / "interrupted.json").exists()
+
+
+def test_progress_runs_over_every_rollout_step(kit):
+    import comfy.utils
+
+    seen = []
+    before = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, *a, **k: seen.append((value, total)))
+    try:
+        fit(kit, save_name="test/progress", rollouts=3, fine_steps=8, steps_slow=1, steps_fast=1)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(before)
+    assert seen[0][1] == 24 and seen[-1] == (24, 24) and [v for v, _ in seen] == sorted(v for v, _ in seen)
