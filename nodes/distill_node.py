@@ -122,8 +122,7 @@ class GlanceDistillExperts(io.ComfyNode):
             block_lists=recipe.block_lists, gradient_checkpointing=bool(gradient_checkpointing) or recipe.inplace_blocks,
             weight_decay=recipe.weight_decay, activation_per_token=dict(recipe.activation_per_token),
             width_module=recipe.context_module)
-        if recipe.guidance is not None:  # FLUX's distilled guidance input, as the trainer sets it
-            prompts = [[[c, {**extras, "guidance": extras.get("guidance", recipe.guidance)}] for c, extras in p] for p in prompts]
+        # FLUX's distilled guidance stays as the conditioning has it: the experts learn the model as it is sampled.
 
         bar = comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id if cls.hidden else None)
         log.info("Glance distill: %s, %d prompt(s), %d rollouts, schedule %s (switch %.4f), cfg %g/%g, rank %d, lr %g, "

@@ -191,3 +191,28 @@ def test_interrupt_during_training_leaves_the_model_clean(kit, base_dir):
     assert {n: p.requires_grad for n, p in dm.named_parameters()} == grad
     assert all(torch.equal(dm.state_dict()[k], weights[k]) for k in weights)
     assert not list((base_dir / "models" / "loras" / "test").glob("cut_*"))
+
+
+@pytest.mark.parametrize("kind", ["flux", "qwen"])
+def test_fit_then_distill_run_on_flux_and_qwen(comfy, base_dir, kind):
+    """FLUX (blocks that update their inputs in place: checkpointing forced) and Qwen-Image (5-D latents)."""
+    model = gm.make_flux() if kind == "flux" else gm.make_qwen()
+    n = comfy.NODE_CLASS_MAPPINGS
+    positive, negative = gm.conditioning(kind, 1), gm.conditioning(kind, 2)
+    latent = gm.empty_latent(8, 8)
+    with torch.inference_mode():
+        sigmas, switch, _ = n["GlanceFitSchedule"].execute(
+            model=model, positive=positive, negative=negative, cfg=2.0, latent_image=latent, steps_slow=2, steps_fast=2,
+            fine_steps=8, scheduler="simple", rollouts=1, seed=0, save_name=f"test/{kind}").args
+        slow, fast, slow_name, fast_name, _ = n["GlanceDistillExperts"].execute(
+            model=model, positive=positive, negative=negative, cfg=2.0, latent_image=latent, sigmas=sigmas,
+            switch_sigma=switch, rank=4, learning_rate=1e-3, steps=2, rollouts=1, seed=0,
+            save_name_slow=f"test/{kind}_slow", save_name_fast=f"test/{kind}_fast", fine_steps=8,
+            gradient_checkpointing=False).args
+        out = n["GlancePhaseKSampler"].execute(
+            model_slow=slow, model_fast=fast, positive=positive, negative=negative, latent_image=latent, seed=0, steps=1,
+            switch_sigma=switch, cfg_slow=2.0, cfg_fast=2.0, sampler_name="euler", scheduler="simple",
+            sigmas=sigmas).args[0]["samples"]
+    assert torch.isfinite(out).all() and (out.ndim == 5) == (kind == "qwen")
+    meta = safetensors.safe_open(str(base_dir / "models" / "loras" / slow_name), "pt").metadata()
+    assert meta["glance.base_model"] == {"flux": "FLUX.1", "qwen": "Qwen-Image"}[kind]
