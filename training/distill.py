@@ -28,7 +28,7 @@ from ..nodes import teacher
 from ..nodes.schedules import first_fast_step
 from . import memory, precision
 from .adapters import frozen_base, lora_terms, target_layers
-from .loop import (GRAD_CLIP, NaNLossError, TrainSettings, clone_tensors, make_optimizer, optimizer_name, plan_memory,
+from .loop import (NaNLossError, TrainSettings, clone_tensors, make_optimizer, optimizer_name, optimizer_step, plan_memory,
                    trainable_blocks)
 
 log = logging.getLogger(__name__)
@@ -222,17 +222,7 @@ def distill_experts(patcher, prompts: list, negative, latent: torch.Tensor, sett
                         f"Distillation stopped at {phase} step {step + 1}/{settings.steps}: the loss is {loss.item()} "
                         f"(not finite). Lower learning_rate (now {settings.learning_rate:g}) or check the model; "
                         "no file was written.")
-                if scaler is None:
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-                    optimizer.step()
-                else:  # fp16: scaled loss; gradients unscaled before clipping; a step with inf/NaN gradients is skipped
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-                    scaler.step(optimizer)
-                    scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(loss, params, optimizer, scaler)
                 losses.append(float(loss.item()))
                 done += 1
                 progress(done)

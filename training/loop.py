@@ -125,6 +125,22 @@ def trainable_blocks(dm: torch.nn.Module, list_names: tuple[str, ...], checkpoin
             blocks[i] = block
 
 
+def optimizer_step(loss: torch.Tensor, params, optimizer, scaler=None) -> None:
+    """Backward, clip to GRAD_CLIP, step, clear. With an fp16 loss ``scaler``: the loss is scaled, the gradients
+    unscaled before clipping, and a step with inf/NaN gradients is skipped."""
+    if scaler is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def optimizer_name(device: torch.device) -> str:
     """bitsandbytes' 8-bit AdamW on CUDA when it imports, else torch's AdamW."""
     if device.type == "cuda":
@@ -231,17 +247,7 @@ def train_lora(patcher, latent: torch.Tensor, positive: list, settings: TrainSet
                         f"Training stopped at step {step + 1}/{settings.steps}: the loss is {loss.item()} (not finite). "
                         f"Lower learning_rate (now {settings.learning_rate:g}) or check the model and image; no file was written."
                     )
-                if scaler is None:
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-                    optimizer.step()
-                else:  # fp16: scaled loss; gradients unscaled before clipping; a step with inf/NaN gradients is skipped
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-                    scaler.step(optimizer)
-                    scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(loss, params, optimizer, scaler)
                 result.losses.append(float(loss.item()))
                 result.sigmas_used.append(float(sigma_table[index]))
 
