@@ -20,6 +20,7 @@ Prompts are emoji captions (``cli/emoji_data.py``: "red apple, food and drink");
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import sys
 from pathlib import Path
@@ -48,8 +49,9 @@ _CLIP_LAYERS, _CLIP_WIDTH, _CLIP_MLP, _CLIP_VOCAB, _CLIP_POSITIONS = 12, 768, 30
 def ensure_demo_models(models_dir: Path) -> dict[str, Path]:
     """Make sure the demo models exist under ``models_dir`` (a ComfyUI models folder); returns their paths.
 
-    Keys: ``diffusion_model``, ``text_encoder``, ``vae``. Existing files of the same name are kept (never
-    overwritten). The MMDiT and VAE come from ``cli/kit/`` (committed); the CLIP-L is computed.
+    Keys: ``diffusion_model``, ``text_encoder``, ``vae``. The MMDiT and VAE are copies of ``cli/kit/`` (committed):
+    a file already there is kept when it is the same, replaced when it is an older kit's (the base model was trained
+    on its VAE's latents, so the two must match). The CLIP-L is computed once and never overwritten.
     """
     models_dir = Path(models_dir)
     paths = {
@@ -58,15 +60,21 @@ def ensure_demo_models(models_dir: Path) -> dict[str, Path]:
         "vae": models_dir / "vae" / VAE_NAME,
     }
     for key, name in (("diffusion_model", MMDIT_NAME), ("vae", VAE_NAME)):
-        if not paths[key].is_file():
-            source = KIT / name
-            if not source.is_file():
-                raise FileNotFoundError(f"{source} is missing: restore it from the repository (git checkout -- cli/kit) "
-                                        f"or rebuild the kit with `{BUILD_COMMAND}` (about an hour on a CPU)")
+        source = KIT / name
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} is missing: restore it from the repository (git checkout -- cli/kit) "
+                                    f"or rebuild the kit with `{BUILD_COMMAND}` (about an hour on a CPU)")
+        if not _same_file(paths[key], source):  # absent, or a copy of an older kit: the kit's files go together
             write_atomic(paths[key], lambda tmp, src=source: shutil.copyfile(src, tmp))
     if not paths["text_encoder"].is_file():
         save_safetensors(clip_l_state_dict(), paths["text_encoder"])
     return paths
+
+
+def _same_file(path: Path, source: Path) -> bool:
+    if not path.is_file() or path.stat().st_size != source.stat().st_size:
+        return False
+    return hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
 
 
 def node_inputs() -> dict[str, dict]:

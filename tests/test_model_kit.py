@@ -25,6 +25,22 @@ def test_clip_weights_are_the_same_on_every_machine():
     assert [round(float(x), 6) for x in u] == [0.926877, 0.065644, 0.596588, 0.591906, 0.400305]
 
 
+def test_an_older_kits_files_are_replaced_and_the_current_ones_kept(tmp_path):
+    models = tmp_path / "models"
+    (models / "text_encoders").mkdir(parents=True)
+    (models / "text_encoders" / model_kit.CLIP_NAME).write_bytes(b"kept as it is")  # computed once, never rewritten
+    stale = models / "diffusion_models" / model_kit.MMDIT_NAME
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an older kit's weights")
+    paths = model_kit.ensure_demo_models(models)
+    for key, name in (("diffusion_model", model_kit.MMDIT_NAME), ("vae", model_kit.VAE_NAME)):
+        assert paths[key].read_bytes() == (model_kit.KIT / name).read_bytes()
+    assert paths["text_encoder"].read_bytes() == b"kept as it is"
+    before = {k: p.stat().st_mtime_ns for k, p in paths.items()}
+    model_kit.ensure_demo_models(models)
+    assert {k: p.stat().st_mtime_ns for k, p in paths.items()} == before
+
+
 @pytest.fixture(scope="module")
 def kit(comfy, base_dir):
     paths = model_kit.ensure_demo_models(base_dir / "models")

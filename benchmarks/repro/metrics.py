@@ -38,20 +38,21 @@ class EmojiJudge:
 
     def __init__(self, images: torch.Tensor, labels, seed: int = 0, size: int = 8, hidden: int = 128, steps: int = 300):
         self.size = size
-        x = torch.from_numpy(_flat(images, size))
-        y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        self.mean, self.std = x.mean(0), x.std(0) + 1e-3
-        gen = torch.Generator().manual_seed(seed)
-        self.hidden = torch.nn.Linear(x.shape[1], hidden)
-        self.out = torch.nn.Linear(hidden, int(y.max()) + 1)
-        with torch.no_grad():
-            for layer in (self.hidden, self.out):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * layer.weight.shape[1] ** -0.5)
-                layer.bias.zero_()
-        params = [*self.hidden.parameters(), *self.out.parameters()]
-        opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=1e-2)
-        xn = (x - self.mean) / self.std
+        # Trained with autograd even when called under inference mode (as the reproduction runs): fresh tensors.
         with torch.inference_mode(False), torch.enable_grad():
+            x = torch.from_numpy(_flat(images, size)).clone()
+            y = torch.as_tensor(np.asarray(labels), dtype=torch.long).clone()
+            self.mean, self.std = x.mean(0), x.std(0) + 1e-3
+            gen = torch.Generator().manual_seed(seed)
+            self.hidden = torch.nn.Linear(x.shape[1], hidden)
+            self.out = torch.nn.Linear(hidden, int(y.max()) + 1)
+            with torch.no_grad():
+                for layer in (self.hidden, self.out):
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * layer.weight.shape[1] ** -0.5)
+                    layer.bias.zero_()
+            params = [*self.hidden.parameters(), *self.out.parameters()]
+            opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=1e-2)
+            xn = (x - self.mean) / self.std
             for _ in range(steps):
                 loss = torch.nn.functional.cross_entropy(self.out(torch.relu(self.hidden(xn))), y)
                 opt.zero_grad()

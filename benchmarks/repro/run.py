@@ -322,13 +322,13 @@ def fmt_auto(v, default) -> str:
     return f"{default:g}" if v == -1 else f"{v:g}"
 
 
-def save_grid(results: dict, variant_list, b: Bench, seeds: int, path: Path, columns: int = 10) -> None:
-    """Rows: the real emoji, then the variants; columns: the training image, then the first seed of the first
-    ``columns`` held-out captions."""
+def save_grid(results: dict, variant_list, b: Bench, seeds: int, path: Path, columns: int = 12) -> None:
+    """Rows: the real emoji, then the variants; columns: the training image, then the first seed of ``columns``
+    held-out captions spread over the set (so over the categories)."""
     from PIL import Image, ImageDraw
 
     cell, label_w = 64, 330
-    shown = b.prompts[:columns]
+    shown = [round(i * len(b.prompts) / min(columns, len(b.prompts))) for i in range(min(columns, len(b.prompts)))]
     grid = Image.new("RGB", (label_w + (1 + len(shown)) * cell, (len(variant_list) + 1) * cell), "white")
     draw = ImageDraw.Draw(grid)
 
@@ -336,18 +336,18 @@ def save_grid(results: dict, variant_list, b: Bench, seeds: int, path: Path, col
         arr = (img.clamp(0, 1) * 255).round().byte().numpy()
         grid.paste(Image.fromarray(arr).resize((cell, cell), Image.NEAREST), (label_w + col * cell, row * cell))
 
-    draw.text((4, 8), "training image | real held-out emoji:", fill="black")
-    draw.text((4, 24), f"\"{b.train.caption}\"", fill="black")
-    draw.text((4, 40), "(never trained on; its caption is the prompt)", fill="black")
+    draw.text((4, 8), "training image | real held-out emoji", fill="black")
+    draw.text((4, 24), f"(LoRAs: \"{b.train.caption}\"; held-out", fill="black")
+    draw.text((4, 40), "emoji never trained on, captions = prompts)", fill="black")
     paste(b.image[0], 0, 0)
-    real = b.data.tensor([p.index for p in shown]).movedim(1, -1)
-    for i in range(len(shown)):
-        paste(real[i], 0, i + 1)
+    real = b.data.tensor([b.prompts[k].index for k in shown]).movedim(1, -1)
+    for col in range(len(shown)):
+        paste(real[col], 0, col + 1)
     for row, v in enumerate(variant_list, start=1):
         draw.text((4, row * cell + cell // 2 - 6), v.name, fill="black")
         pix = results[v.name]["pixels"]
-        for i in range(len(shown)):
-            paste(pix[i * seeds], row, i + 1)
+        for col, k in enumerate(shown):
+            paste(pix[k * seeds], row, col + 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
 

@@ -196,13 +196,17 @@ def train_mmdit(vae_path: Path, build_dir: Path, quick: bool = False, seed: int 
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
     ckpt = build_dir / ("mmdit-quick.ckpt" if quick else "mmdit.ckpt")
     start = 0
+    vae_sha1 = hashlib.sha1(Path(vae_path).read_bytes()).hexdigest()
     if ckpt.is_file() and not quick:
         state = torch.load(ckpt, weights_only=True)
-        dm.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
-        log(f"mmdit: resumed from {ckpt} at step {start}")
+        if state.get("vae_sha1") != vae_sha1:
+            log(f"mmdit: {ckpt} was trained on other latents (another VAE file): starting over")
+        else:
+            dm.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+            start = state["step"]
+            log(f"mmdit: resumed from {ckpt} at step {start}")
     warm = 200
     t0 = time.time()
     for step in range(start, steps):
@@ -228,7 +232,7 @@ def train_mmdit(vae_path: Path, build_dir: Path, quick: bool = False, seed: int 
                 pe.lerp_(p, 1 - decay)
         done = step + 1
         if done % CHECKPOINT_EVERY == 0 or done == steps:
-            state = dict(model=dm.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=done)
+            state = dict(model=dm.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=done, vae_sha1=vae_sha1)
             write_atomic(ckpt, lambda tmp: torch.save(state, tmp))
         if step % 50 == 0 or done == steps:
             log(f"mmdit step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")

@@ -1,14 +1,15 @@
 """Builds the demo model kit's weights from scratch on the training emoji (CPU, the host's own classes).
 
     python -m benchmarks.repro.train_models          (from the repository root, with a ComfyUI host found as
-                                                      for the tests; about an hour on one CPU core)
+                                                      for the tests; about 35 min of CPU on one core)
 
 Writes ``cli/kit/glance_demo_vae.safetensors`` (the host's TAESD architecture, 16 latent channels, for the stock
 VAELoader) and ``cli/kit/glance_demo_mmdit.safetensors`` (an SD3-family MMDiT for the stock UNETLoader),
 conditioned through the stock CLIPLoader (type sd3) on ``cli/model_kit.py``'s deterministic CLIP-L with the
 emoji captions of ``cli/emoji_data.py`` (held-out captions never used). Steps, each resumable: ``captions``
 (encode the training captions once), ``vae``, ``mmdit``; checkpoints and caches go to ``--build`` (default
-``~/.cache/comfyui-glance/kit-build``), so an interrupted build continues where it stopped.
+``~/.cache/comfyui-glance/kit-build``), so an interrupted build continues where it stopped; delete that folder
+to start over. ``--quick`` runs a few steps of each into ``BUILD/quick`` (never over the committed files).
 """
 from __future__ import annotations
 
@@ -30,13 +31,16 @@ def build(out: Path, build_dir: Path, only=STEPS, quick: bool = False, log=print
 
     start_in_process()
     build_dir.mkdir(parents=True, exist_ok=True)
+    if quick and Path(out).resolve() == KIT.resolve():
+        out = build_dir / "quick"  # useless weights: never over the committed kit
     t0 = time.time()
     if "captions" in only:
         train_base.caption_cache(build_dir, log=log)
         log(f"captions done ({time.time() - t0:.0f}s)")
     if "vae" in only:
         stages = train_vae.QUICK_STAGES if quick else train_vae.STAGES
-        save_safetensors(train_vae.train_vae(build_dir / "vae.ckpt", stages, log=log), out / VAE_NAME)
+        ckpt = build_dir / ("vae-quick.ckpt" if quick else "vae.ckpt")
+        save_safetensors(train_vae.train_vae(ckpt, stages, log=log), out / VAE_NAME)
         log(f"vae done ({time.time() - t0:.0f}s)")
     if "mmdit" in only:
         sd, meta = train_base.train_mmdit(out / VAE_NAME, build_dir, quick=quick, log=log)
