@@ -123,8 +123,10 @@ def test_ten_plain_steps_are_visibly_off_fifty(comfy, kit):
     _, model, clip, vae = kit
     data = emoji_data.load()
     held = data.indices(held_out=True)
-    captions = [data.captions[held[round(i * len(held) / 8)]] for i in range(8)]
+    captions = [data.captions[held[round(i * len(held) / 6)]] for i in range(6)]
     n = comfy.NODE_CLASS_MAPPINGS
     fifty, ten = (_sample(n, model, clip, vae, captions, steps=s) for s in (50, 10))
-    assert psnr(ten, fifty, 1.0) <= 30.0
-    assert psnr(_sample(n, model, clip, vae, captions, steps=50), fifty, 1.0) == float("inf")  # same seeds: same pictures
+    gap = psnr(ten, fifty, 1.0)
+    print(f"plain 10 steps vs 50 at CFG {CFG:g}: {gap:.2f} dB pixel PSNR")
+    assert gap <= 30.0, f"plain 10 steps are {gap:.2f} dB from 50: too close for judging Glance"
+    assert psnr(_sample(n, model, clip, vae, captions, steps=10), ten, 1.0) == float("inf")  # same seeds: same pictures
