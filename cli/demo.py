@@ -95,9 +95,13 @@ def run_demo(args) -> int:
     else:
         caption = args.caption or TRAIN_CAPTION
         data = emoji_data.load()
-        if caption not in data.captions or data.held_out[data.captions.index(caption)]:
-            print(f"--caption {caption!r} is not one of the kit's training captions (cli/kit/emoji64.json, not held "
-                  "out); or give your own image with --image PNG --caption TEXT", file=sys.stderr)
+        if caption not in data.captions:
+            print(f"--caption {caption!r} is not an emoji caption of the kit (see cli/kit/emoji64.json, e.g. "
+                  f"\"{TRAIN_CAPTION}\"); or give your own image with --image PNG --caption TEXT", file=sys.stderr)
+            return 2
+        if data.held_out[data.captions.index(caption)]:
+            print(f"--caption {caption!r} is held out (never trained on, so it stays a fair test): pick a training "
+                  f"caption, e.g. \"{TRAIN_CAPTION}\"", file=sys.stderr)
             return 2
         image_path = emoji_png(workdir / "demo_emoji.png", caption)
     print(f"model kit ready ({time.monotonic() - t0:.1f} s); training image {image_path}, caption \"{caption}\"")
