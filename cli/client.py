@@ -25,6 +25,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+if str(Path(__file__).resolve().parent.parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+from training.atomic_file import write_atomic  # noqa: E402  (standard library only, as this file)
 
 FINAL_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
 
@@ -304,11 +307,8 @@ class ComfyClient:
             for image in node_output.get("images", []):
                 if image.get("type", "output") not in kinds:
                     continue
-                path = out_dir / Path(image["filename"]).name
-                tmp = path.with_name(f".{path.name}.part")
-                tmp.write_bytes(self.view(image["filename"], image.get("subfolder", ""), image.get("type", "output")))
-                os.replace(tmp, path)
-                saved.append(path)
+                data = self.view(image["filename"], image.get("subfolder", ""), image.get("type", "output"))
+                saved.append(write_atomic(out_dir / Path(image["filename"]).name, lambda tmp: tmp.write_bytes(data)))
         return saved
 
     def upload_image(self, path: Path, overwrite: bool = True) -> str:

@@ -1,26 +1,30 @@
 """The main job, one command: train Glance Slow/Fast LoRAs from one image on a real ComfyUI, sample, compare.
 
-    python cli/demo.py [--workdir DIR] [--out DIR] [--digit N | --image PNG --caption TEXT]
+    python cli/demo.py [--workdir DIR] [--out DIR] [--caption EMOJI_CAPTION | --image PNG --caption TEXT]
 
 Starts your ComfyUI (found like the tests find it: COMFYUI_PATH, ~/comfy/ComfyUI, or the ComfyUI this pack
 is installed in) headless on loopback with this pack, in a work folder of its own. It writes the small demo
-model kit there when missing (cli/model_kit.py: a tiny SD3-family MMDiT that draws digits, a CLIP-L and a
-VAE) and a training image (a handwritten digit from scikit-learn), then queues the shipped workflows through
-cli/client.py with their file names overridden by node title:
+model kit there when missing (cli/model_kit.py: an SD3-family MMDiT trained on Google's emoji, a CLIP-L and a
+VAE) and the training image (one emoji of the kit's training set), then queues the shipped workflows through
+cli/client.py with their inputs overridden by node title:
 
-1. workflows/api/glance_train_and_sample.json: trains the Slow- and the Fast-LoRA from the one image and
-   samples with them (Glance Phase KSampler, 5 slow + 5 fast steps);
-2. the same graph again with another seed (the trained LoRAs are cached): the timed Glance sampling;
-3. workflows/api/stock_two_sampler_baseline.json with LoRA strength 0 and 50 steps: the base model the
-   usual way, the stock baseline Glance is compared against; and once as shipped (the same experts, 10 steps).
+1. workflows/api/glance_train_and_sample.json: trains the Slow- and the Fast-LoRA from the one image and its
+   caption, and samples with them (Glance Phase KSampler, 5 slow + 5 fast steps);
+2. the same graph for each prompt (the trained LoRAs are cached): Glance, 10 steps;
+3. workflows/api/stock_two_sampler_baseline.json with LoRA strength 0: the base model the usual way, 10 steps
+   and 50 steps (the reference).
 
-It saves the pictures and prints a short report. The server it started is stopped at the end, on Ctrl-C,
-on SIGTERM and on errors.
+Prompts: the training caption, two other captions the base model was trained on, and captions held out from
+everything (never seen by the base model or the LoRAs). Each prompt runs once untimed (text encoding) and
+once timed, with the same seed for every variant. It saves a labelled grid and prints each variant's time and
+its fidelity (PSNR to the 50-step picture). The server it started is stopped at the end, on Ctrl-C, on SIGTERM
+and on errors.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import statistics
 import sys
@@ -31,50 +35,42 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cli import model_kit  # noqa: E402
+from cli import emoji_data, model_kit  # noqa: E402
 from cli.client import ComfyClient, PromptError, ProgressPrinter, apply_overrides  # noqa: E402
 from cli.server import ComfyServer, ServerError, find_comfyui  # noqa: E402
 
 WORKFLOWS = ROOT / "workflows"
 DEFAULT_WORKDIR = Path.home() / ".cache" / "comfyui-glance" / "demo"
-BASELINE_STEPS = 50
-GLANCE_STEPS = (5, 5)
-TIMED_RUNS = 3
-TRAIN_RESOLUTION = max(64, model_kit.IMAGE_SIZE)  # the kit's image size (GlanceTrainLoRA's minimum is 64)
+TRAIN_CAPTION = "red apple, food and drink"
+OTHER_TRAINING = ("grinning face, smileys and emotion", "pink heart, smileys and emotion")
+REFERENCE_STEPS, PLAIN_STEPS, GLANCE_STEPS = 50, 10, (5, 5)
+VARIANTS = ("glance", "plain", "reference")
+LABELS = {"real": "real emoji", "reference": f"base, {REFERENCE_STEPS} steps", "plain": f"base, {PLAIN_STEPS} steps",
+          "glance": f"Glance, {sum(GLANCE_STEPS)} steps"}
 
 
-def digit_png(path: Path, index: int = 3) -> tuple[Path, int]:
-    """One of scikit-learn's handwritten digits (a real image from a registry package) as an RGB PNG of the
-    kit's image size; returns (path, the digit)."""
+def emoji_png(path: Path, caption: str) -> Path:
+    """The emoji with this caption (from the kit's committed atlas) as an RGB PNG."""
     from PIL import Image
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise SystemExit("The demo's training image is one of scikit-learn's digits: pip install scikit-learn "
-                         "(or give your own: --image PNG --caption TEXT).") from None
 
-    digits = load_digits()
-    small = (digits.images[index] / 16.0 * 255).astype("uint8")
+    data = emoji_data.load()
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(small).resize((model_kit.IMAGE_SIZE,) * 2, Image.BILINEAR).convert("RGB").save(path)
-    return path, int(digits.target[index])
+    Image.fromarray(data.images[data.captions.index(caption)]).save(path)
+    return path
 
 
 def load_api(name: str) -> dict:
     return json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
 
 
-def kit_loaders() -> dict:
-    """Title overrides that point the shipped Qwen-Image loaders at the kit."""
-    inputs = model_kit.node_inputs()
-    return {
-        "Load Qwen-Image.unet_name": inputs["UNETLoader"]["unet_name"],
-        "Load Text Encoder.clip_name": inputs["CLIPLoader"]["clip_name"],
-        "Load Text Encoder.type": inputs["CLIPLoader"]["type"],
-        "Load VAE.vae_name": inputs["VAELoader"]["vae_name"],
-        "Image size.width": model_kit.IMAGE_SIZE,
-        "Image size.height": model_kit.IMAGE_SIZE,
-    }
+def choose_prompts(train_caption: str, held_out: int) -> list[tuple[str, str]]:
+    """[(caption, role)]: the training caption, two more training captions, ``held_out`` held-out ones."""
+    data = emoji_data.load()
+    prompts = [(train_caption, "LoRAs' training image")]
+    prompts += [(c, "base model trained on it") for c in OTHER_TRAINING if c != train_caption]
+    held = data.indices(held_out=True)
+    prompts += [(data.captions[held[round(i * len(held) / held_out)]], "held out") for i in range(held_out)]
+    return prompts
 
 
 class _Stop(Exception):
@@ -97,8 +93,17 @@ def run_demo(args) -> int:
     if args.image:
         image_path, caption = args.image, args.caption
     else:
-        image_path, label = digit_png(workdir / "demo_digit.png", args.digit)
-        caption = args.caption or model_kit.PROMPT.format(label)
+        caption = args.caption or TRAIN_CAPTION
+        data = emoji_data.load()
+        if caption not in data.captions:
+            print(f"--caption {caption!r} is not an emoji caption of the kit (see cli/kit/emoji64.json, e.g. "
+                  f"\"{TRAIN_CAPTION}\"); or give your own image with --image PNG --caption TEXT", file=sys.stderr)
+            return 2
+        if data.held_out[data.captions.index(caption)]:
+            print(f"--caption {caption!r} is held out (never trained on, so it stays a fair test): pick a training "
+                  f"caption, e.g. \"{TRAIN_CAPTION}\"", file=sys.stderr)
+            return 2
+        image_path = emoji_png(workdir / "demo_emoji.png", caption)
     print(f"model kit ready ({time.monotonic() - t0:.1f} s); training image {image_path}, caption \"{caption}\"")
 
     server = ComfyServer(workdir)
@@ -120,107 +125,136 @@ def run_demo(args) -> int:
         server.stop()
 
 
-def _jobs(client: ComfyClient, image_path: Path, caption: str, args) -> int:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    progress = None if args.quiet else ProgressPrinter
-    image_name = client.upload_image(image_path)
-    slow_name, fast_name = f"glance_demo/slow_{stamp}", f"glance_demo/fast_{stamp}"
-    train = load_api("glance_train_and_sample")
-    overrides = {**kit_loaders(), "Training image.image": image_name, "Caption.text": caption,
-                 "Prompt.text": caption, "Train Slow-LoRA.save_name": slow_name, "Train Fast-LoRA.save_name": fast_name,
-                 "Train Slow-LoRA.resolution": TRAIN_RESOLUTION, "Train Fast-LoRA.resolution": TRAIN_RESOLUTION,
-                 "Glance Phase KSampler.seed": args.seed, "Save Image.filename_prefix": "glance_demo/warmup"}
-    train = apply_overrides(train, overrides)
-    print("1/4 training the Slow- and Fast-LoRA from one image, then sampling with them")
-    trained = client.run(train, on_event=progress and progress(train))
-
-    glance = apply_overrides(train, {"Save Image.filename_prefix": "glance_demo/glance"})
-    print(f"2/4 Glance sampling with the trained LoRAs ({TIMED_RUNS} timed runs, training cached)")
-    glance_runs = _timed(client, glance, "Glance Phase KSampler.seed", args.seed, progress)
-
-    stock = load_api("stock_two_sampler_baseline")
-    stock = apply_overrides(stock, {**kit_loaders(), "Prompt.text": caption,
-                                    "Slow-LoRA.lora_name": slow_name + ".safetensors",
-                                    "Fast-LoRA.lora_name": fast_name + ".safetensors",
-                                    "Save Image.filename_prefix": "glance_demo/stock_experts"})
-    print(f"3/4 the same experts with stock nodes (two KSamplerAdvanced, 10 steps; {TIMED_RUNS} timed runs)")
-    experts_runs = _timed(client, stock, ("Slow phase.noise_seed", "Fast phase.noise_seed"), args.seed, progress)
-
-    baseline = apply_overrides(stock, {
-        "Slow-LoRA.strength_model": 0.0, "Fast-LoRA.strength_model": 0.0,
-        "Slow phase.steps": BASELINE_STEPS, "Slow phase.end_at_step": BASELINE_STEPS,
-        "Slow phase.return_with_leftover_noise": "disable",
-        "Fast phase.steps": BASELINE_STEPS, "Fast phase.start_at_step": BASELINE_STEPS,
-        "Save Image.filename_prefix": "glance_demo/baseline"})
-    print(f"4/4 stock baseline: the base model, {BASELINE_STEPS} steps ({TIMED_RUNS} timed runs)")
-    baseline_runs = _timed(client, baseline, ("Slow phase.noise_seed", "Fast phase.noise_seed"), args.seed, progress)
-
-    out = args.out.resolve()
-    files = {}
-    for key, runs in (("glance", glance_runs), ("stock_experts", experts_runs), ("baseline", baseline_runs)):
-        saved = client.save_outputs(runs[0], out)
-        files[key] = saved[0] if saved else None
-    picture = _side_by_side(image_path, files, out / "glance_demo.png")
-    _report(trained, glance_runs, experts_runs, baseline_runs, train, caption, picture, slow_name, fast_name)
-    return 0
-
-
 def _seconds(entry: dict) -> float:
     return entry["execution_seconds"] if entry.get("execution_seconds") is not None else entry["seconds"]
 
 
-def _timed(client: ComfyClient, prompt: dict, seed_inputs, seed: int, progress) -> list[dict]:
-    """One untimed warm-up run, then TIMED_RUNS runs with the seed changed each time (so nothing is cached).
+def _jobs(client: ComfyClient, image_path: Path, caption: str, args) -> int:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out.resolve()
+    progress = None if args.quiet else ProgressPrinter
+    image_name = client.upload_image(image_path)
+    slow_name, fast_name = f"glance_demo/slow_{stamp}", f"glance_demo/fast_{stamp}"
+    train = load_api("glance_train_and_sample")
+    schedule = _kit_schedule()
+    train = apply_overrides(train, {
+        **model_kit.kit_overrides(train), "Training image.image": image_name, "Caption.text": caption,
+        "Prompt.text": caption, "Train Slow-LoRA.save_name": slow_name, "Train Fast-LoRA.save_name": fast_name,
+        "Glance Sigmas.preset": "split_from_model_scheduler", "Glance Sigmas.switch_sigma": schedule["switch"],
+        "Glance Phase KSampler.seed": args.seed + 1000, "Save Image.filename_prefix": "glance_demo/warmup"})
+    print("1/4 training the Slow- and Fast-LoRA from one image, then sampling with them")
+    trained = client.run(train, on_event=progress and progress(train))
 
-    The first timed run uses ``seed``, so its picture is comparable across graphs."""
-    keys = (seed_inputs,) if isinstance(seed_inputs, str) else seed_inputs
-    runs = []
-    for i, s in enumerate([seed + 1000] + [seed + k for k in range(TIMED_RUNS)]):
-        p = apply_overrides(prompt, {k: s for k in keys})
-        runs.append(client.run(p, on_event=progress and i == 1 and progress(p) or None))
-    return runs[1:]
+    stock = load_api("stock_two_sampler_baseline")
+    stock = apply_overrides(stock, {**model_kit.kit_overrides(stock), "Slow-LoRA.strength_model": 0.0,
+                                    "Fast-LoRA.strength_model": 0.0, "Slow-LoRA.lora_name": slow_name + ".safetensors",
+                                    "Fast-LoRA.lora_name": fast_name + ".safetensors"})
+    graphs = {
+        "glance": (train, "Glance Phase KSampler.seed"),
+        "plain": (_steps(stock, PLAIN_STEPS), ("Slow phase.noise_seed", "Fast phase.noise_seed")),
+        "reference": (_steps(stock, REFERENCE_STEPS), ("Slow phase.noise_seed", "Fast phase.noise_seed")),
+    }
+    prompts = choose_prompts(caption, args.held_out)
+    files = {v: [] for v in VARIANTS}
+    times = {v: [] for v in VARIANTS}
+    for n, variant in enumerate(VARIANTS, start=2):
+        graph, seed_inputs = graphs[variant]
+        keys = (seed_inputs,) if isinstance(seed_inputs, str) else seed_inputs
+        print(f"{n}/4 {LABELS[variant]}: {len(prompts)} prompts, each once untimed (text encoding) and once timed")
+        for text, _role in prompts:
+            runs = []
+            for seed in (args.seed + 1000, args.seed):  # the first run encodes the prompt: untimed
+                p = apply_overrides(graph, {"Prompt.text": text, "Save Image.filename_prefix": f"glance_demo/{variant}",
+                                            **{k: seed for k in keys}})
+                runs.append(client.run(p))
+            times[variant].append(_seconds(runs[-1]))
+            files[variant].append(client.save_outputs(runs[-1], out)[0])
+    real = [emoji_png(out / f"real_{i}.png", text) if text in emoji_data.load().captions else None
+            for i, (text, _role) in enumerate(prompts)]
+    if args.image:
+        real[0] = image_path
+    psnr = {v: [_psnr(f, r) for f, r in zip(files[v], files["reference"])] for v in VARIANTS}
+    picture = _grid(prompts, real, files, out / "glance_demo.png")
+    cfg = next(n["inputs"]["cfg_slow"] for n in train.values() if n["class_type"] == "GlancePhaseKSampler")
+    _report(trained, times, psnr, prompts, caption, schedule, cfg, picture, slow_name, fast_name)
+    return 0
 
 
-def _median_seconds(runs: list[dict]) -> float:
-    return statistics.median(_seconds(r) for r in runs)
+def _kit_schedule() -> dict:
+    """The switch sigma between the Slow- and Fast-LoRA's training timesteps (steps 9 and 11 of the kit model's
+    50-step schedule), so the sampler's split follows the model's own scheduler as the LoRAs were trained."""
+
+    def sigma(step: int) -> float:  # the stock SD3 time shift at step ``step`` (1-based) of 50
+        t = 1 - (step - 1) / 50
+        return model_kit.SHIFT * t / (1 + (model_kit.SHIFT - 1) * t)
+
+    return {"switch": round((sigma(9) + sigma(11)) / 2, 4)}
 
 
-def _side_by_side(train_image: Path, files: dict, path: Path) -> Path:
-    """training image | Glance | stock, same experts | stock baseline, each scaled 4x, labelled."""
+def _steps(stock: dict, steps: int) -> dict:
+    """The stock two-sampler graph as one plain run of ``steps`` steps (split in the middle, leftover noise kept)."""
+    half = steps // 2
+    return apply_overrides(stock, {"Slow phase.steps": steps, "Slow phase.end_at_step": half,
+                                   "Fast phase.steps": steps, "Fast phase.start_at_step": half})
+
+
+def _pixels(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255.0
+
+
+def _psnr(a: Path, b: Path) -> float:
+    mse = float(((_pixels(a) - _pixels(b)) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def _grid(prompts, real, files: dict, path: Path) -> Path:
+    """One row per prompt: real emoji | 50 steps | 10 steps | Glance 10 steps, each 2x, labelled."""
     from PIL import Image, ImageDraw
 
-    panels = [("training image", train_image), (f"Glance {sum(GLANCE_STEPS)} steps", files["glance"]),
-              ("stock, same LoRAs", files["stock_experts"]), (f"base {BASELINE_STEPS} steps", files["baseline"])]
-    size, label_h = 128, 16
-    sheet = Image.new("RGB", (size * len(panels), size + label_h), "white")
+    cols = ["real", "reference", "plain", "glance"]
+    cell, head, label_w = 128, 18, 300
+    sheet = Image.new("RGB", (label_w + cell * len(cols), head + cell * len(prompts)), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (label, file) in enumerate(panels):
-        if file is not None:
-            sheet.paste(Image.open(file).convert("RGB").resize((size, size), Image.NEAREST), (i * size, label_h))
-        draw.text((i * size + 4, 2), label, fill="black")
+    for c, key in enumerate(cols):
+        draw.text((label_w + c * cell + 4, 3), LABELS[key], fill="black")
+    for r, (text, role) in enumerate(prompts):
+        y = head + r * cell
+        draw.text((4, y + cell // 2 - 14), text[:46], fill="black")
+        draw.text((4, y + cell // 2 + 2), f"({role})", fill="gray")
+        for c, key in enumerate(cols):
+            file = real[r] if key == "real" else files[key][r]
+            if file is not None:
+                sheet.paste(Image.open(file).convert("RGB").resize((cell, cell), Image.NEAREST), (label_w + c * cell, y))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path
 
 
-def _report(trained, glance_runs, experts_runs, baseline_runs, train, caption, picture, slow_name, fast_name) -> None:
-    steps = {n["_meta"]["title"]: n["inputs"] for n in train.values()}
-    cfg = steps["Glance Phase KSampler"]["cfg_slow"], steps["Glance Phase KSampler"]["cfg_fast"]
-    passes_glance = sum(s * (2 if c != 1.0 else 1) for s, c in zip(GLANCE_STEPS, cfg))
-    passes_base = BASELINE_STEPS * 2
-    t_train = _seconds(trained)
-    t_glance, t_experts, t_base = (_median_seconds(r) for r in (glance_runs, experts_runs, baseline_runs))
-    print(f"\nGlance demo report (CPU, demo model kit: SD3-family MMDiT, {model_kit.IMAGE_SIZE}x{model_kit.IMAGE_SIZE} px)")
-    print(f"  caption / prompt        \"{caption}\"")
-    print(f"  training (both LoRAs)   {t_train:.1f} s incl. the first sampling; saved loras/{slow_name}.safetensors, "
-          f"loras/{fast_name}.safetensors")
-    print(f"  Glance                  {GLANCE_STEPS[0]} slow + {GLANCE_STEPS[1]} fast steps, cfg {cfg[0]:g}/{cfg[1]:g}, "
-          f"{passes_glance} model passes: {t_glance:.2f} s (median of {TIMED_RUNS})")
-    print(f"  stock, same LoRAs       two KSamplerAdvanced, 10 steps: {t_experts:.2f} s")
-    print(f"  stock baseline          base model, {BASELINE_STEPS} steps, cfg {cfg[0]:g}, {passes_base} model passes: {t_base:.2f} s")
-    print(f"  speed-up vs baseline    {t_base / t_glance:.1f}x wall clock (graph execution on the server), "
-          f"{passes_base / passes_glance:.1f}x in model passes")
-    print(f"  picture                 {picture}")
+def _report(trained, times, psnr, prompts, caption, schedule, cfg, picture, slow_name, fast_name) -> None:
+    held = [i for i, (_, role) in enumerate(prompts) if role == "held out"]
+    seen = [i for i in range(len(prompts)) if i not in held]
+
+    def mean_db(values, idx):
+        vals = [values[i] for i in idx]
+        return "-" if not vals else ("inf" if any(math.isinf(v) for v in vals) else f"{statistics.mean(vals):.1f} dB")
+
+    print(f"\nGlance demo report (CPU, demo model kit: SD3-family MMDiT, {model_kit.IMAGE_SIZE}x{model_kit.IMAGE_SIZE} px, "
+          f"cfg {cfg:g}, Euler, same seed for every variant)")
+    print(f"  LoRAs trained on       \"{caption}\" (one image): {_seconds(trained):.1f} s incl. the first sampling; "
+          f"loras/{slow_name}.safetensors, loras/{fast_name}.safetensors")
+    print(f"  Glance schedule        5 slow + 5 fast steps along the model's scheduler, switch at sigma {schedule['switch']:g}")
+    print(f"  {'variant':<22} {'time per image':>15} {'PSNR to 50 steps, held out':>27} {'training captions':>18}")
+    for v in VARIANTS:
+        t = statistics.median(times[v])
+        db = ("(reference)",) * 2 if v == "reference" else (mean_db(psnr[v], held), mean_db(psnr[v], seen))
+        print(f"  {LABELS[v]:<22} {t:>13.2f} s {db[0]:>27} {db[1]:>18}")
+    ref = statistics.median(times["reference"])
+    print(f"  speed-up vs 50 steps   Glance {ref / statistics.median(times['glance']):.1f}x, base 10 steps "
+          f"{ref / statistics.median(times['plain']):.1f}x (median graph execution time on the server, {len(prompts)} prompts)")
+    print(f"  picture                {picture}")
 
 
 def main(argv=None) -> int:
@@ -228,9 +262,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                     help=f"ComfyUI base folder for the demo (models/, input/, output/); default {DEFAULT_WORKDIR}")
     ap.add_argument("--out", type=Path, default=None, help="where the pictures go (default: WORKDIR/demo_output)")
-    ap.add_argument("--digit", type=int, default=3, help="which scikit-learn digit image to train on (index)")
+    ap.add_argument("--caption", help=f"the training emoji's caption (default \"{TRAIN_CAPTION}\"); with --image, "
+                                      "your image's caption")
     ap.add_argument("--image", type=Path, help="your own training image instead (use with --caption)")
-    ap.add_argument("--caption", help="caption of the training image (also the prompt)")
+    ap.add_argument("--held-out", type=int, default=3, help="held-out captions to sample (never trained on)")
     ap.add_argument("--seed", type=int, default=42, help="sampling seed")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)

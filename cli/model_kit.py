@@ -1,6 +1,6 @@
-"""The demo model kit: a tiny real model set that ComfyUI's stock loaders load, and that draws digits.
+"""The demo model kit: a small real model set that ComfyUI's stock loaders load, and that draws emoji.
 
-    python -m cli.model_kit MODELS_DIR [--quick]      (from the repository root)
+    python -m cli.model_kit MODELS_DIR      (from the repository root)
 
 ``ensure_demo_models(models_dir)`` writes, when absent:
 
@@ -12,40 +12,46 @@
 - ``vae/glance_demo_vae.safetensors``: the host's TAESD architecture with 16 latent channels (SD3 layout),
   for VAELoader.
 
-Prompts are ``"a handwritten digit N"`` (N = 0..9); images are 64x64 px (EmptySD3LatentImage 64x64, latents 8x8). The MMDiT
-and VAE were trained by ``benchmarks/repro/train_models.py``; their small weight files are committed in
-``benchmarks/repro/weights/`` and copied from there (trained here only when missing). CPU only, no network.
+Prompts are emoji captions (``cli/emoji_data.py``: "red apple, food and drink"); images are 64x64 px
+(EmptySD3LatentImage 64x64, latents 8x8). The MMDiT and the VAE were trained by
+``python -m benchmarks.repro.train_models`` on the training captions; their weight files are committed in
+``cli/kit/`` and copied from there (never trained on the fly). CPU only, no network.
 """
 from __future__ import annotations
 
 import argparse
-import os
+import hashlib
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-WEIGHTS = ROOT / "benchmarks" / "repro" / "weights"
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+from training.atomic_file import write_atomic  # noqa: E402
+
+KIT = Path(__file__).resolve().parent / "kit"
 
 MMDIT_NAME = "glance_demo_mmdit.safetensors"
 CLIP_NAME = "glance_demo_clip_l.safetensors"
 VAE_NAME = "glance_demo_vae.safetensors"
 CLIP_TYPE = "sd3"
-PROMPT = "a handwritten digit {}"
 IMAGE_SIZE = 64
-SHIFT = 3.0
+SHIFT = 3.0  # the stock SD3 model sampling's shift (comfy.supported_models.SD3), which the kit's MMDiT gets
+BUILD_COMMAND = "python -m benchmarks.repro.train_models"
 
 CLIP_SEED = 20251202
 _CLIP_LAYERS, _CLIP_WIDTH, _CLIP_MLP, _CLIP_VOCAB, _CLIP_POSITIONS = 12, 768, 3072, 49408, 77
 
 
-def ensure_demo_models(models_dir: Path, quick: bool = False) -> dict[str, Path]:
+def ensure_demo_models(models_dir: Path) -> dict[str, Path]:
     """Make sure the demo models exist under ``models_dir`` (a ComfyUI models folder); returns their paths.
 
-    Keys: ``diffusion_model``, ``text_encoder``, ``vae``. Existing files of the same name are kept (never
-    overwritten). ``quick`` only matters when the committed weights are missing: it then trains briefly
-    (lower quality, for tests) into ``models_dir/.glance_demo_build``, never into the repository.
+    Keys: ``diffusion_model``, ``text_encoder``, ``vae``. The MMDiT and VAE are copies of ``cli/kit/`` (committed):
+    a file already there is kept when it is the same, replaced when it is an older kit's (the base model was trained
+    on its VAE's latents, so the two must match). The CLIP-L is computed once and never overwritten.
     """
     models_dir = Path(models_dir)
     paths = {
@@ -53,20 +59,22 @@ def ensure_demo_models(models_dir: Path, quick: bool = False) -> dict[str, Path]
         "text_encoder": models_dir / "text_encoders" / CLIP_NAME,
         "vae": models_dir / "vae" / VAE_NAME,
     }
+    for key, name in (("diffusion_model", MMDIT_NAME), ("vae", VAE_NAME)):
+        source = KIT / name
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} is missing: restore it from the repository (git checkout -- cli/kit) "
+                                    f"or rebuild the kit with `{BUILD_COMMAND}` (about an hour on a CPU)")
+        if not _same_file(paths[key], source):  # absent, or a copy of an older kit: the kit's files go together
+            write_atomic(paths[key], lambda tmp, src=source: shutil.copyfile(src, tmp))
     if not paths["text_encoder"].is_file():
-        save_atomic(clip_l_state_dict(), paths["text_encoder"])
-    pair = {"vae": VAE_NAME, "diffusion_model": MMDIT_NAME}
-    if any(not paths[key].is_file() for key in pair):
-        # The base model was trained on its VAE's latents: both files always come from the same folder.
-        source = WEIGHTS
-        if not all((WEIGHTS / name).is_file() for name in pair.values()):
-            source = models_dir / ".glance_demo_build"
-            if not all((source / name).is_file() for name in pair.values()):
-                _train_weights(source, quick)
-        for key, name in pair.items():
-            if not paths[key].is_file():
-                _replace_atomic(paths[key], lambda tmp, src=source / name: shutil.copyfile(src, tmp))
+        save_safetensors(clip_l_state_dict(), paths["text_encoder"])
     return paths
+
+
+def _same_file(path: Path, source: Path) -> bool:
+    if not path.is_file() or path.stat().st_size != source.stat().st_size:
+        return False
+    return hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
 
 
 def node_inputs() -> dict[str, dict]:
@@ -77,6 +85,22 @@ def node_inputs() -> dict[str, dict]:
         "VAELoader": {"vae_name": VAE_NAME},
         "EmptySD3LatentImage": {"width": IMAGE_SIZE, "height": IMAGE_SIZE},
     }
+
+
+def kit_overrides(api: dict) -> dict:
+    """Title overrides (for ``cli.client.apply_overrides``) that point a shipped API workflow's loaders at the kit,
+    and its latent size and training resolution at the kit's image size."""
+    names = node_inputs()
+    out = {}
+    for node in api.values():
+        title, cls = node["_meta"]["title"], node["class_type"]
+        if cls in ("UNETLoader", "CLIPLoader", "VAELoader"):
+            out.update({f"{title}.{k}": v for k, v in names[cls].items() if k in node["inputs"]})
+        elif cls == "EmptySD3LatentImage":
+            out.update({f"{title}.width": IMAGE_SIZE, f"{title}.height": IMAGE_SIZE})
+        elif cls == "GlanceTrainLoRA":
+            out[f"{title}.resolution"] = max(64, IMAGE_SIZE)  # 64: the node's minimum
+    return out
 
 
 def clip_l_state_dict() -> dict[str, torch.Tensor]:
@@ -145,45 +169,19 @@ def _hash_uniform(numel: int, seed: int, chunk: int = 1 << 22) -> torch.Tensor:
     return out
 
 
-def _train_weights(out: Path, quick: bool) -> None:
-    """Train both weight files into ``out`` (needs the ComfyUI host; minutes on a CPU, about 15 in full)."""
-    import sys
-
-    if str(ROOT) not in sys.path:
-        sys.path.append(str(ROOT))
-    from benchmarks.repro import train_models
-
-    train_models.train_weights(out, quick=quick)
-
-
-def save_atomic(tensors: dict, path: Path) -> None:
-    """A safetensors file written whole or not at all."""
+def save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """A safetensors file written whole or not at all (readable by all: models are shared files)."""
     import safetensors.torch
 
-    def write(tmp: Path) -> None:
-        safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.chmod(tmp, 0o644)  # safetensors creates files readable by their owner only; models are shared files
-
-    _replace_atomic(path, write)
-
-
-def _replace_atomic(path: Path, write) -> None:
-    """``write(tmp)`` next to ``path``, then rename it into place (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()},
+                                                               str(tmp), metadata=metadata))
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Write the Glance demo models into a ComfyUI models folder.")
     ap.add_argument("models_dir", type=Path, help="a ComfyUI models folder (e.g. ComfyUI/models)")
-    ap.add_argument("--quick", action="store_true", help="if weights must be trained, train briefly")
     args = ap.parse_args(argv)
-    for key, path in ensure_demo_models(args.models_dir, quick=args.quick).items():
+    for key, path in ensure_demo_models(args.models_dir).items():
         print(f"{key}: {path}")
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import folder_paths
+
+from ..training.atomic_file import write_atomic
 
 FOLDER = "glance_schedules"
 SUFFIX = ".json"
@@ -66,18 +67,8 @@ def auto_name(model_class: str, fingerprint: str | None, width: int, height: int
 
 
 def save(record: dict, path: Path) -> None:
-    """Write ``record`` as JSON: to a temporary file beside ``path``, then renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".glance-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write ``record`` as JSON, whole or not at all (the pack's one atomic writer); replaces a same-named fit."""
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
 
 
 def load(name: str, input_name: str = "preset") -> dict:

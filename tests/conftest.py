@@ -51,3 +51,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# The demo kit's captions the kit tests use: one the base model trained on, and one it never saw.
+TRAIN_CAPTION = "red apple, food and drink"
+HELD_OUT_CAPTION = "banana, food and drink"
+
+
+@pytest.fixture(scope="session")
+def demo_kit(comfy, base_dir):
+    """The demo kit (cli/model_kit.py) through the stock loaders, once per session: the MMDiT ``model``, the
+    conditioning of each caption in ``conds`` (training, held out, and ``""`` as the negative), an empty ``latent``."""
+    import torch
+
+    from cli import emoji_data, model_kit
+
+    data = emoji_data.load()
+    assert not data.held_out[data.captions.index(TRAIN_CAPTION)] and data.held_out[data.captions.index(HELD_OUT_CAPTION)]
+    model_kit.ensure_demo_models(base_dir / "models")
+    n = comfy.NODE_CLASS_MAPPINGS
+    loaders = model_kit.node_inputs()
+    with torch.inference_mode():
+        model = n["UNETLoader"]().load_unet(**loaders["UNETLoader"])[0]
+        clip = n["CLIPLoader"]().load_clip(**loaders["CLIPLoader"])[0]
+        encode = n["CLIPTextEncode"]()
+        conds = {text: encode.encode(clip, text)[0] for text in (TRAIN_CAPTION, HELD_OUT_CAPTION, "")}
+    size = model_kit.IMAGE_SIZE // 8
+    return dict(nodes=comfy, n=n, model=model, conds=conds, negative=conds[""], train=TRAIN_CAPTION, held_out=HELD_OUT_CAPTION,
+                latent={"samples": torch.zeros((1, 16, size, size))})

@@ -35,7 +35,7 @@ class Live:
     def __init__(self, base_dir: Path):
         self.base_dir = base_dir
         self.models = base_dir / "models"
-        self.kit = model_kit.ensure_demo_models(self.models, quick=True)
+        self.kit = model_kit.ensure_demo_models(self.models)
         self.server = ComfyServer(base_dir).start()
         self.client = ComfyClient(self.server.url)
 
@@ -61,23 +61,6 @@ def live(tmp_path_factory) -> Live:
 def load(name: str) -> tuple[dict, dict]:
     """(UI graph, API twin) of ``workflows/<name>.json``."""
     return json.loads((WORKFLOWS / f"{name}.json").read_text()), json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
-
-
-# --- the demo kit in place of the shipped model files -------------------------------------------------
-
-def kit_overrides(api: dict) -> dict:
-    """Title overrides that point a shipped workflow's loaders at the demo kit (and its image size)."""
-    names = model_kit.node_inputs()
-    out = {}
-    for node in api.values():
-        title, cls = node["_meta"]["title"], node["class_type"]
-        if cls in ("UNETLoader", "CLIPLoader", "VAELoader"):
-            out.update({f"{title}.{k}": v for k, v in names[cls].items() if k in node["inputs"]})
-        elif cls == "EmptySD3LatentImage":
-            out.update({f"{title}.width": model_kit.IMAGE_SIZE, f"{title}.height": model_kit.IMAGE_SIZE})
-        elif cls == "GlanceTrainLoRA":
-            out[f"{title}.resolution"] = max(64, model_kit.IMAGE_SIZE)  # 64: the node's minimum
-    return out
 
 
 # --- UI format -> API format, independent of the frontend ----------------------------------------------
@@ -285,11 +268,14 @@ def write_kit_loras(models: Path, rank: int = 4) -> tuple[str, str]:
     return KIT_LORAS
 
 
-def write_digit_png(path: Path, index: int = 3) -> Path:
-    """A real training image: one of scikit-learn's handwritten digits (as the demo makes it)."""
-    from cli.demo import digit_png
+KIT_CAPTION = "red apple, food and drink"  # a training caption of the kit (cli/emoji_data.py)
 
-    return digit_png(path, index)[0]
+
+def write_emoji_png(path: Path, caption: str = KIT_CAPTION) -> Path:
+    """A real training image: the kit's emoji with this caption (as the demo makes it)."""
+    from cli.demo import emoji_png
+
+    return emoji_png(path, caption)
 
 
 def write_placeholders(base_dir: Path, files: dict[str, str]) -> None:
@@ -322,13 +308,13 @@ def image_pixels(client: ComfyClient, entry: dict, node_id: str):
 def kit_files(live):
     """Random slow/fast LoRAs for the kit model and an uploaded training image."""
     slow, fast = write_kit_loras(live.models)
-    image = live.client.upload_image(write_digit_png(live.base_dir / "digit.png", index=3))
+    image = live.client.upload_image(write_emoji_png(live.base_dir / "emoji.png"))
     return {"slow": slow, "fast": fast, "image": image}
 
 
 def kit_prompt(name: str, kit_files: dict) -> dict:
     api = load(name)[1]
-    overrides = kit_overrides(api)
+    overrides = model_kit.kit_overrides(api)
     for node in api.values():
         title, cls = node["_meta"]["title"], node["class_type"]
         if cls == "GlanceLoraLoader":
@@ -341,7 +327,7 @@ def kit_prompt(name: str, kit_files: dict) -> dict:
             overrides[f"{title}.save_name"] = f"glance_test/{node['inputs']['phase']}_{uuid.uuid4().hex[:8]}"
             overrides[f"{title}.steps"] = 8
         elif cls == "CLIPTextEncode" and title in ("Prompt", "Caption"):
-            overrides[f"{title}.text"] = "a handwritten digit 3"
+            overrides[f"{title}.text"] = KIT_CAPTION
     return apply_overrides(api, overrides)
 
 
@@ -359,6 +345,6 @@ def write_stand_ins(base_dir: Path, apis) -> dict[str, str]:
             image = node["inputs"].get("image")
             if node["class_type"] == "LoadImage" and isinstance(image, str):
                 if not (base_dir / "input" / image).exists():
-                    write_digit_png(base_dir / "input" / image)
+                    write_emoji_png(base_dir / "input" / image)
                 files[image] = "input"
     return files

@@ -54,7 +54,7 @@ def test_command_line_queues_waits_and_saves(live, kit_files, tmp_path, capsys):
 @pytest.mark.host
 @pytest.mark.server
 def test_progress_events_and_upload(live, kit_files, tmp_path):
-    image_name = live.client.upload_image(gs.write_digit_png(tmp_path / "upload_me.png", 7))
+    image_name = live.client.upload_image(gs.write_emoji_png(tmp_path / "upload_me.png", "rocket, travel and places"))
     assert (live.base_dir / "input" / image_name).is_file()
     prompt = gs.kit_prompt("stock_two_sampler_baseline", kit_files)
     prompt = client.apply_overrides(prompt, {"Slow phase.noise_seed": 11})

@@ -7,7 +7,6 @@ import safetensors.torch
 import torch
 
 from benchmarks import models as gm
-from cli import model_kit
 
 pytestmark = [pytest.mark.host, pytest.mark.usefixtures("one_thread")]
 
@@ -16,22 +15,12 @@ FINE = 30
 
 
 @pytest.fixture(scope="module")
-def kit(comfy, base_dir):
-    model_kit.ensure_demo_models(base_dir / "models")
-    n = comfy.NODE_CLASS_MAPPINGS
-    loaders = model_kit.node_inputs()
-    with torch.inference_mode():
-        model = n["UNETLoader"]().load_unet(**loaders["UNETLoader"])[0]
-        clip = n["CLIPLoader"]().load_clip(**loaders["CLIPLoader"])[0]
-        positive = n["CLIPTextEncode"]().encode(clip, model_kit.PROMPT.format(3))[0]
-        negative = n["CLIPTextEncode"]().encode(clip, "")[0]
-    size = model_kit.IMAGE_SIZE // 8
+def kit(demo_kit):
     import comfy.samplers
 
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", FINE)[[0, 6, 12, 18, 30]]
+    sigmas = comfy.samplers.calculate_sigmas(demo_kit["model"].get_model_object("model_sampling"), "simple", FINE)[[0, 6, 12, 18, 30]]
     switch = (float(sigmas[1]) + float(sigmas[2])) / 2  # 2 slow + 2 fast steps, every point on the teacher's grid
-    return dict(nodes=comfy, n=n, model=model, positive=positive, negative=negative, sigmas=sigmas, switch=switch,
-                latent={"samples": torch.zeros((1, 16, size, size))})
+    return {**demo_kit, "positive": demo_kit["conds"][demo_kit["train"]], "sigmas": sigmas, "switch": switch}
 
 
 def distill(kit, **overrides):

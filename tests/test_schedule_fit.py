@@ -88,23 +88,12 @@ def test_local_error_is_zero_for_the_steps_the_rollout_took(pack):
 # --- a fit on the demo kit ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def kit(comfy, base_dir):
-    model_kit.ensure_demo_models(base_dir / "models")
-    n = comfy.NODE_CLASS_MAPPINGS
-    loaders = model_kit.node_inputs()
-    with torch.inference_mode():
-        model = n["UNETLoader"]().load_unet(**loaders["UNETLoader"])[0]
-        clip = n["CLIPLoader"]().load_clip(**loaders["CLIPLoader"])[0]
-        encode = n["CLIPTextEncode"]()
-        conds = {d: encode.encode(clip, model_kit.PROMPT.format(d))[0] for d in (3, 5, 7)}
-        negative = encode.encode(clip, "")[0]
-    size = model_kit.IMAGE_SIZE // 8
-    return dict(nodes=comfy, n=n, model=model, conds=conds, negative=negative,
-                latent={"samples": torch.zeros((1, 16, size, size))})
+def kit(demo_kit):
+    return demo_kit
 
 
 def fit(kit, **overrides):
-    args = dict(model=kit["model"], positive=kit["conds"][3], negative=kit["negative"], cfg=CFG, latent_image=kit["latent"],
+    args = dict(model=kit["model"], positive=kit["conds"][kit["train"]], negative=kit["negative"], cfg=CFG, latent_image=kit["latent"],
                 steps_slow=3, steps_fast=3, fine_steps=30, scheduler="simple", rollouts=4, seed=0, switch_sigma=0.0,
                 save_name="test/fit")
     args.update(overrides)
@@ -112,16 +101,16 @@ def fit(kit, **overrides):
         return kit["n"]["GlanceFitSchedule"].execute(**args)
 
 
-def end_error(kit, sigmas, fine_steps: int, prompt: int, seeds: int = 6) -> float:
+def end_error(kit, sigmas, fine_steps: int, prompt: str, seed: int, seeds: int = 6) -> float:
     """MSE of the schedule's samples (the host's SamplerCustom, euler) to the fine-step samples (KSampler), new seeds."""
     n = kit["n"]
     latent = {"samples": torch.zeros((seeds, *kit["latent"]["samples"].shape[1:]))}
     positive = kit["conds"][prompt]
     with torch.inference_mode():
-        ref = n["KSampler"]().sample(kit["model"], 500 + prompt, fine_steps, CFG, "euler", "simple", positive,
+        ref = n["KSampler"]().sample(kit["model"], seed, fine_steps, CFG, "euler", "simple", positive,
                                      kit["negative"], latent)[0]["samples"]
         sampler = gm.run_node(kit["nodes"], "KSamplerSelect", sampler_name="euler")[0]
-        out = gm.run_node(kit["nodes"], "SamplerCustom", model=kit["model"], add_noise=True, noise_seed=500 + prompt,
+        out = gm.run_node(kit["nodes"], "SamplerCustom", model=kit["model"], add_noise=True, noise_seed=seed,
                           cfg=CFG, positive=positive, negative=kit["negative"], sampler=sampler, sigmas=sigmas,
                           latent_image=latent)[0]
     return float(((out["samples"] - ref) ** 2).mean())
@@ -152,9 +141,9 @@ def test_fitted_schedule_lands_closer_to_the_fine_run_than_the_plain_one(kit, pa
 
     plain = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 6)
     assert not torch.allclose(plain, sigmas)
-    for prompt in (3, 5):  # the fitted prompt, and one the fit never saw
-        fitted_error, plain_error = end_error(kit, sigmas, 30, prompt), end_error(kit, plain, 30, prompt)
-        print(f"digit {prompt}: end error fitted {fitted_error:.5f}, plain {plain_error:.5f}")
+    for seed, prompt in ((503, kit["train"]), (505, kit["held_out"])):  # the fitted prompt, and one it never saw
+        fitted_error, plain_error = end_error(kit, sigmas, 30, prompt, seed), end_error(kit, plain, 30, prompt, seed)
+        print(f"{prompt!r}: end error fitted {fitted_error:.5f}, plain {plain_error:.5f}")
         assert fitted_error < 0.8 * plain_error, (prompt, fitted_error, plain_error)
 
 

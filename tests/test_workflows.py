@@ -76,7 +76,7 @@ def shipped_files(live):
     for name in gs.WORKFLOW_NAMES:
         files.update(gs.file_inputs(gs.load(name)[1]))
     gs.write_placeholders(live.base_dir, files)
-    gs.write_digit_png(live.base_dir / "input" / "example.png")
+    gs.write_emoji_png(live.base_dir / "input" / "example.png")
     return files
 
 

@@ -7,13 +7,13 @@ LoraLoaderModelOnly and GlanceLoraLoader read this for every architecture.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import safetensors.torch
 import torch
+
+from .atomic_file import write_atomic
 
 PREFIX = "diffusion_model."
 SUFFIX = ".safetensors"
@@ -73,20 +73,8 @@ def build_metadata(**fields) -> dict[str, str]:
 
 
 def save_atomic(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write to a temporary file next to ``path``, then link it into place; never overwrites."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".glance-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Written whole or not at all, through the pack's one atomic writer; never overwrites."""
     try:
-        safetensors.torch.save_file(sd, tmp, metadata=metadata)
-        try:
-            os.link(tmp, path)  # fails if the name appeared meanwhile: no silent overwrite
-        except FileExistsError:
-            raise FileExistsError(f"save_name: '{path.name}' appeared in models/loras while training; nothing overwritten.") from None
-        except OSError:
-            if path.exists():
-                raise FileExistsError(f"save_name: '{path.name}' already exists; nothing overwritten.") from None
-            os.replace(tmp, path)  # filesystems without hard links
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        write_atomic(path, lambda tmp: safetensors.torch.save_file(sd, str(tmp), metadata=metadata), overwrite=False)
+    except FileExistsError:
+        raise FileExistsError(f"save_name: '{path.name}' appeared in models/loras while training; nothing overwritten.") from None

@@ -15,18 +15,16 @@ Rows (names as in the issue):
   on the fitted 5 + 5 schedule with the paper's switch;
 - ``... (8 captions)``: the fit and the distillation from 8 training captions (Conditioning (Combine)).
 
-    python -m benchmarks.repro.fitted        (tries the rows on the kit today's run.py loads; prints a table)
+The reproduction (``python -m benchmarks.repro.run``) calls ``fitted_rows`` and ``time_fit``.
 """
 from __future__ import annotations
 
-import argparse
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import torch
 
-CFG = 3.0
 FIT_ROLLOUTS = 8
 FINE_STEPS = 50
 
@@ -40,7 +38,7 @@ class Kit:
     train_positive: list  # the training caption's conditioning
     negative: list
     latent: dict  # an empty LATENT of the image size (batch 1)
-    cfg: float = CFG
+    cfg: float
     train_positives: list = field(default_factory=list)  # 8 captions' conditionings (for the "8 captions" rows)
 
 
@@ -139,77 +137,16 @@ def fitted_rows(kit: Kit, held_out: list, seeds: int, paper_switch: float, paper
     return out
 
 
-# --- a try on the kit that today's run.py loads (issue 13 replaces that kit) -----------------------------------
-
-def try_on_current_kit(argv=None) -> None:
-    from . import run
-
-    ap = argparse.ArgumentParser(description="The fitted/distilled rows on the current reproduction kit.")
-    ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--cfg", type=float, default=CFG)
-    ap.add_argument("--steps", type=int, default=200, help="distillation steps per expert")
-    ap.add_argument("--rollouts", type=int, default=16, help="distillation rollouts")
-    ap.add_argument("--lr", type=float, default=3e-5)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    with torch.inference_mode():
-        bench_args = argparse.Namespace(out=run.HERE / "out", train_index=0)  # its comfy_base/ (git-ignored)
-        b = run.load_bench(bench_args)
-        held_out = [d for d in range(10) if d != run.TRAIN_DIGIT]
-        size = b.image_size // 8
-        # Ten prompts only, nine held out: no 8 training captions on this kit.
-        kit = Kit(N=b.N, model=b.model, train_positive=b.conds[run.TRAIN_DIGIT], negative=b.negative,
-                  latent={"samples": torch.zeros((1, 16, size, size))}, cfg=args.cfg)
-        one = {"samples": torch.zeros((1, 16, size, size))}
-        t_one, t_fit = [], []
-        for _ in range(3):  # interleaved: one 50-step image (KSampler, batch 1) and one fit (8 rollouts x 50 steps)
-            t0 = time.perf_counter()
-            b.N["KSampler"]().sample(b.model, 0, 50, args.cfg, "euler", "simple", b.conds[run.TRAIN_DIGIT], b.negative, one)
-            t_one.append(time.perf_counter() - t0)
-            t_fit.append(fit(kit, 5, 5)[2])
-        t_ref = (sorted(t_one)[1], sorted(t_fit)[1])
-        base = {"base": b.model}
-        ref = torch.cat([run.sample(b.N, base, run.Variant("ref", "base", "base", 50), b.conds[d], b.negative,
-                                    args.seeds, args.cfg, 1000 + d, size) for d in held_out])
-        results = {"base, 50 steps (reference)": dict(latent=ref, steps=50)}
-        for n in (10, 6):
-            results[f"base, {n} steps"] = dict(latent=torch.cat([
-                run.sample(b.N, base, run.Variant("p", "base", "base", n), b.conds[d], b.negative, args.seeds,
-                           args.cfg, 1000 + d, size) for d in held_out]), steps=n)
-        # The paper's recipe (GlanceTrainLoRA on the one training image) at the paper's timesteps, for comparison.
-        slow, _ = run.train_lora(b, "slow", None, "fitted_paper_slow")
-        fast, _ = run.train_lora(b, "fast", None, "fitted_paper_fast")
-        ten = run.sig(b.timesteps["slow"] + b.timesteps["fast"])
-        paper = Row("paper's LoRAs on the paper's timesteps", slow, fast, ten, b.switch)
-        results[paper.name] = dict(latent=torch.cat([sample(b.N, paper, b.conds[d], b.negative, args.cfg, args.seeds,
-                                                            1000 + d, (16, size, size)) for d in held_out]), steps=10)
-        results.update(fitted_rows(kit, [(b.conds[d], 1000 + d) for d in held_out], args.seeds, paper_switch=b.switch,
-                                   paper_loras=(slow, fast),
-                                   distill_options=dict(steps=args.steps, rollouts=args.rollouts, learning_rate=args.lr),
-                                   eight_captions=False))
-        for r in results.values():
-            r["pixels"] = b.N["VAEDecode"]().decode(b.vae, {"samples": r["latent"]})[0].float().clamp(0, 1)
-        report(results, t_ref, args)
-
-
-def report(results: dict, t_ref: float, args) -> None:
-    from .metrics import mse, psnr
-
-    ref = results["base, 50 steps (reference)"]
-    plain10 = mse(results["base, 10 steps"]["pixels"], ref["pixels"])
-    plain10_latent = mse(results["base, 10 steps"]["latent"], ref["latent"])
-    print(f"\ncfg {args.cfg:g}, {args.seeds} seeds per held-out prompt. Medians of 3, interleaved: one 50-step image "
-          f"(KSampler, batch 1) {t_ref[0]:.3f} s; one fit (Glance Fit Schedule, 8 rollouts x 50 steps) {t_ref[1]:.3f} s "
-          f"= {t_ref[1] / t_ref[0]:.1f} images")
-    print("| variant | steps | pixel MSE | pixel PSNR | gap closed vs plain 10 (pixel / latent MSE) | fit + distill s |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        m, lm = mse(r["pixels"], ref["pixels"]), mse(r["latent"], ref["latent"])
-        gap = "-" if name.endswith("(reference)") else f"{1 - m / plain10:+.0%} / {1 - lm / plain10_latent:+.0%}"
-        cost = f"{r['cost_seconds']:.1f}" if "cost_seconds" in r else "-"
-        print(f"| {name} | {r['steps']} | {m:.6f} | {psnr(r['pixels'], ref['pixels'], 1.0):.2f} dB | {gap} | {cost} |")
-
-
-if __name__ == "__main__":
-    try_on_current_kit()
+def time_fit(kit: Kit, repeats: int = 3) -> dict:
+    """The fit's cost next to one image: medians of ``repeats`` interleaved runs of one 50-step image (the stock
+    KSampler, batch 1, Euler) and one Glance Fit Schedule (``FIT_ROLLOUTS`` rollouts x ``FINE_STEPS`` steps, 5 + 5)."""
+    one = {"samples": torch.zeros_like(kit.latent["samples"][:1])}
+    t_one, t_fit = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        kit.N["KSampler"]().sample(kit.model, 0, FINE_STEPS, kit.cfg, "euler", "simple", kit.train_positive, kit.negative, one)
+        t_one.append(time.perf_counter() - t0)
+        t_fit.append(fit(kit, 5, 5)[2])
+    one_image, one_fit = sorted(t_one)[len(t_one) // 2], sorted(t_fit)[len(t_fit) // 2]
+    return dict(one_50_step_image_seconds=round(one_image, 3), fit_seconds=round(one_fit, 3),
+                fit_in_50_step_images=round(one_fit / one_image, 2))

@@ -1,7 +1,7 @@
-"""Judging samples: PSNR/MSE against a reference, and a small digit classifier trained here on real digits.
+"""Judging samples: PSNR/MSE against a reference, and a small emoji-category classifier trained here.
 
-The classifier (scikit-learn MLP on 8x8 downsampled images) gives class accuracy for conditional samples
-and a feature space for a Frechet distance between sample sets (no downloaded weights).
+The classifier (a one-hidden-layer network on 8x8 colour thumbnails of the training emoji) gives category accuracy for
+conditional samples and a feature space for a Frechet distance between sample sets (no downloaded weights).
 """
 from __future__ import annotations
 
@@ -21,31 +21,60 @@ def psnr(a: torch.Tensor, b: torch.Tensor, peak: float) -> float:
     return float("inf") if m == 0 else 10 * math.log10(peak ** 2 / m)
 
 
-def _flat8(images: torch.Tensor) -> np.ndarray:
-    """[N, 3, 32, 32] (or NHWC) images in [0, 1] -> [N, 64] grey 8x8."""
+def _flat(images: torch.Tensor, size: int) -> np.ndarray:
+    """[N, 3, H, W] (or NHWC) images in [0, 1] -> [N, 3 * size * size] colour thumbnails (area-averaged)."""
     images = images.detach()
     if images.shape[-1] == 3:
         images = images.movedim(-1, 1)
-    grey = images.float().mean(dim=1, keepdim=True)
-    return torch.nn.functional.adaptive_avg_pool2d(grey, 8).flatten(1).numpy()
+    return torch.nn.functional.adaptive_avg_pool2d(images.float(), size).flatten(1).numpy()
 
 
-class DigitJudge:
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int = 0):
-        from sklearn.neural_network import MLPClassifier
+class EmojiJudge:
+    """A small classifier of the emoji category (9 classes: smileys, people, animals, food, travel, activities,
+    objects, symbols, flags), trained here on the training emoji: its accuracy on samples says whether they look
+    like their caption's category, and its hidden layer is the feature space for a Frechet distance.
 
-        self.clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=600, random_state=seed)
-        self.clf.fit(_flat8(images), labels.numpy())
+    One hidden layer on 8x8 colour thumbnails, full-batch Adam with weight decay: about a second on a CPU."""
+
+    def __init__(self, images: torch.Tensor, labels, seed: int = 0, size: int = 8, hidden: int = 128, steps: int = 300):
+        self.size = size
+        # Trained with autograd even when called under inference mode (as the reproduction runs): fresh tensors.
+        with torch.inference_mode(False), torch.enable_grad():
+            x = torch.from_numpy(_flat(images, size)).clone()
+            y = torch.as_tensor(np.asarray(labels), dtype=torch.long).clone()
+            self.mean, self.std = x.mean(0), x.std(0) + 1e-3
+            gen = torch.Generator().manual_seed(seed)
+            self.hidden = torch.nn.Linear(x.shape[1], hidden)
+            self.out = torch.nn.Linear(hidden, int(y.max()) + 1)
+            with torch.no_grad():
+                for layer in (self.hidden, self.out):
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * layer.weight.shape[1] ** -0.5)
+                    layer.bias.zero_()
+            params = [*self.hidden.parameters(), *self.out.parameters()]
+            opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=1e-2)
+            xn = (x - self.mean) / self.std
+            for _ in range(steps):
+                loss = torch.nn.functional.cross_entropy(self.out(torch.relu(self.hidden(xn))), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        self.hidden.requires_grad_(False)
+        self.out.requires_grad_(False)
+
+    def _hidden(self, images: torch.Tensor) -> torch.Tensor:
+        x = (torch.from_numpy(_flat(images, self.size)) - self.mean) / self.std
+        with torch.no_grad():
+            return torch.relu(self.hidden(x))
 
     def predict(self, images: torch.Tensor) -> np.ndarray:
-        return self.clf.predict(_flat8(images))
+        with torch.no_grad():
+            return self.out(self._hidden(images)).argmax(-1).numpy()
 
     def accuracy(self, images: torch.Tensor, labels) -> float:
         return float(np.mean(self.predict(images) == np.asarray(labels)))
 
     def features(self, images: torch.Tensor) -> np.ndarray:
-        x = _flat8(images)
-        return np.maximum(x @ self.clf.coefs_[0] + self.clf.intercepts_[0], 0.0)
+        return self._hidden(images).double().numpy()
 
     def frechet(self, images_a: torch.Tensor, images_b: torch.Tensor) -> float:
         return frechet_distance(self.features(images_a), self.features(images_b))

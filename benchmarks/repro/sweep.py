@@ -1,6 +1,6 @@
 """What was tried: Glance 10 steps against base 10 steps over CFG, LoRA settings and training timesteps.
 
-    python -m benchmarks.repro.sweep          (from the repository root; about 4 minutes on a shared 2-core CPU)
+    python -m benchmarks.repro.sweep          (from the repository root)
 
 Same bench as ``run.py`` (same base model, training image, held-out prompts and seeds); writes ``out/sweep.md``.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .run import HERE, TRAIN_DIGIT, Variant, load_bench, run_variants, score, sig, train_lora
+from .run import BASE_10, HERE, REFERENCE, TRAIN_CAPTION, Variant, load_bench, run_variants, score, sig, train_lora
 
-CFGS = (1.0, 3.0)
+CFGS = (3.0, 5.0)
 # (training/sampling timesteps, rank, learning rate, optimiser steps); alpha = 4 x rank as in the paper's recipes.
 CONFIGS = (
     ("paper", 16, 5e-4, 60),
@@ -30,10 +30,12 @@ CONFIGS = (
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=HERE / "out")
-    ap.add_argument("--seeds", type=int, default=12)
-    ap.add_argument("--train-index", type=int, default=0)
+    ap.add_argument("--prompts", type=int, default=40, help="held-out captions")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--caption", default=TRAIN_CAPTION)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    args.cfg = CFGS[0]
     torch.set_num_threads(args.threads)
     with torch.inference_mode():
         sweep(args)
@@ -51,8 +53,7 @@ def sweep(args) -> None:
         "uniform": (tuple(float(s) * 1000 for s in uniform[:5]), tuple(float(s) * 1000 for s in uniform[5:10]),
                     uniform, float(uniform[4] + uniform[5]) / 2),
     }
-    held_out = [d for d in range(10) if d != TRAIN_DIGIT]
-    want = torch.tensor(held_out).repeat_interleave(args.seeds)
+    want = torch.tensor([p.category for p in b.prompts]).repeat_interleave(args.seeds)
     trained = {}  # the LoRAs do not depend on CFG: train each pair once
     for n, (schedule, rank, lr, steps) in enumerate(CONFIGS):
         slow_t, fast_t, _, _ = schedules[schedule]
@@ -62,32 +63,33 @@ def sweep(args) -> None:
         trained[n]["fast"], _ = train_lora(b, "custom", fast_t, f"sweep_{n}_fast", **lora)
     rows = []
     for cfg in CFGS:
-        refs = [Variant("base, 50 steps (reference)", "base", "base", 50), Variant("base, 10 steps", "base", "base", 10)]
-        base = run_variants(b, {"base": b.model}, refs, held_out, args.seeds, cfg)
+        b.cfg = cfg
+        refs = [Variant(REFERENCE, "plain", 50), Variant(BASE_10, "plain", 10)]
+        base = run_variants(b, {"base": b.model}, refs, args.seeds)
         for n, (schedule, rank, lr, steps) in enumerate(CONFIGS):
             _, _, sigmas, switch = schedules[schedule]
             name = f"Glance 10 ({schedule}, rank {rank}, lr {lr:g}, {steps} steps)"
             results = dict(base)
-            results.update(run_variants(b, trained[n], [Variant(name, "slow", "fast", sigmas, switch)], held_out, args.seeds, cfg))
-            table = {r["variant"]: r for r in score(results, refs[0].name, b.judge, want)}
-            g, b10 = table[name], table[refs[1].name]
+            results.update(run_variants(b, trained[n], [Variant(name, "phase", 10, "slow", "fast", sigmas, switch)], args.seeds))
+            table = {r["variant"]: r for r in score(results, b.judge, want)}
+            g, b10 = table[name], table[BASE_10]
             rows.append(dict(cfg=cfg, schedule=schedule, rank=rank, lr=lr, steps=steps, base10=b10, glance=g))
             print(f"cfg {cfg:g} {name}: pixel PSNR {g['pixel_psnr']:.2f} dB vs base 10 {b10['pixel_psnr']:.2f} dB", flush=True)
 
     lines = [
-        f"Command: `python -m benchmarks.repro.sweep` ({(time.time() - t_start) / 60:.1f} min). Held-out digits "
-        f"{', '.join(map(str, held_out))}, {args.seeds} seeds each; LoRAs from ONE image of a {TRAIN_DIGIT}; alpha = 4 x rank. "
+        f"Command: `python -m benchmarks.repro.sweep` ({(time.time() - t_start) / 60:.1f} min). {len(b.prompts)} held-out "
+        f"captions, {args.seeds} seeds each; LoRAs from ONE emoji, \"{b.train.caption}\"; alpha = 4 x rank. "
         "'paper': the paper's steps 1,3,5,7,9 | 11,21,31,41,50 of this model's 50-step schedule; 'uniform': the 5 + 5 "
         "steps of its plain 10-step schedule.",
         "",
-        "| CFG | timesteps | rank | lr | LoRA steps | base 10: pixel PSNR / accuracy | Glance 10: pixel PSNR / accuracy | gap closed (pixel MSE / Frechet) |",
+        "| CFG | timesteps | rank | lr | LoRA steps | base 10: pixel PSNR / category acc. | Glance 10: pixel PSNR / category acc. | gap closed (pixel MSE / Frechet) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         g, b10 = r["glance"], r["base10"]
         lines.append(
             f"| {r['cfg']:g} | {r['schedule']} | {r['rank']} | {r['lr']:g} | {r['steps']} | "
-            f"{b10['pixel_psnr']:.2f} dB / {b10['accuracy']:.0%} | {g['pixel_psnr']:.2f} dB / {g['accuracy']:.0%} | "
+            f"{b10['pixel_psnr']:.2f} dB / {b10['category_accuracy']:.0%} | {g['pixel_psnr']:.2f} dB / {g['category_accuracy']:.0%} | "
             f"{g['gap_closed_pixel_mse']:+.0%} / {g['gap_closed_frechet']:+.0%} |"
         )
     md = "\n".join(lines) + "\n"

@@ -1,21 +1,27 @@
-"""The demo base model: an SD3-family MMDiT trained from scratch by flow matching on the digits' latents.
+"""The demo base model: an SD3-family MMDiT trained from scratch by flow matching on the training emoji's latents.
 
-Conditioning comes from the host's own CLIP (type sd3) with the kit's deterministic CLIP-L, prompt
-"a handwritten digit N"; 10% of samples get the empty prompt so CFG works. Sigmas follow the stock SD3
+Conditioning comes from the host's own CLIP (type sd3) with the kit's deterministic CLIP-L and the emoji captions
+("red apple, food and drink"); 10% of samples get the empty prompt so CFG works. Sigmas follow the stock SD3
 sampling (shift 3.0), the prediction is the host's flow target ``noise - x0`` at timestep ``1000 * sigma``.
+Constant learning rate after a warm-up, weights averaged (EMA): a run can be resumed and extended.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from pathlib import Path
 
 import torch
 
-from . import data
+from cli import emoji_data
 
 HIDDEN, PATCH, CHANNELS, POS_EMBED_MAX = 128, 2, 16, 16
+CLIP_WIDTH = 768  # the CLIP-L part of the sd3 conditioning; the other 3328 context and 1280 pooled columns are 0
+STEPS, BATCH, LR, EMA = 3000, 64, 1e-3, 0.999
+QUICK_STEPS = 20
+CHECKPOINT_EVERY = 200
 
 
 def shift_sigma(t: torch.Tensor) -> torch.Tensor:
@@ -62,20 +68,51 @@ def build_mmdit(seed: int, hidden: int = HIDDEN):
         dm.final_layer.linear.bias.zero_()
         pos = get_2d_sincos_pos_embed(hidden, POS_EMBED_MAX)
         dm.pos_embed.copy_(torch.from_numpy(pos).float().unsqueeze(0))
-    return dm
+    return dm.requires_grad_(True)
 
 
-def encode_prompts(prompts: list[str]):
-    """[(cond [1, 77, 4096], pooled [1, 2048])] through the host's CLIP with the kit's CLIP-L."""
+def load_clip():
     import comfy.sd
     from cli import model_kit
 
-    clip = comfy.sd.load_text_encoder_state_dicts([model_kit.clip_l_state_dict()], clip_type=comfy.sd.CLIPType.SD3)
-    out = []
+    return comfy.sd.load_text_encoder_state_dicts([model_kit.clip_l_state_dict()], clip_type=comfy.sd.CLIPType.SD3)
+
+
+def encode_prompts(clip, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context [n, 77, 768], pooled [n, 768]): the CLIP-L columns of the host's sd3 conditioning."""
+    ctx, pooled = [], []
     with torch.no_grad():
         for text in prompts:
-            cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
-            out.append((cond.detach().float(), pooled.detach().float()))
+            c, p = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+            ctx.append(c[:, :, :CLIP_WIDTH].float())
+            pooled.append(p[:, :CLIP_WIDTH].float())
+    return torch.cat(ctx), torch.cat(pooled)
+
+
+def caption_cache(build_dir: Path, log=print) -> dict:
+    """The training captions and "" (last), encoded once: {captions, ctx fp16 [n, 77, 768], pooled fp16 [n, 768]}."""
+    from training.atomic_file import write_atomic
+    from cli import model_kit
+
+    data = emoji_data.load()
+    captions = [data.captions[i] for i in data.indices(held_out=False)] + [""]
+    key = hashlib.sha1(("\n".join(captions) + f"|{model_kit.CLIP_SEED}").encode()).hexdigest()
+    path = build_dir / "captions.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached.get("key") == key:
+            return cached
+    log(f"encoding {len(captions)} captions with the kit's CLIP-L (about 0.2 s each)")
+    clip = load_clip()
+    t0 = time.time()
+    ctx, pooled = [], []
+    for i in range(0, len(captions), 100):
+        c, p = encode_prompts(clip, captions[i:i + 100])
+        ctx.append(c.half())
+        pooled.append(p.half())
+        log(f"captions {min(i + 100, len(captions))}/{len(captions)} ({time.time() - t0:.0f}s)")
+    out = dict(key=key, captions=captions, ctx=torch.cat(ctx), pooled=torch.cat(pooled))
+    write_atomic(path, lambda tmp: torch.save(out, tmp))
     return out
 
 
@@ -104,8 +141,15 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
         return vae.decode(comfy.latent_formats.SD3().process_out(latents)).float().clamp(0, 1)
 
 
+def pad_conditioning(ctx: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP-L columns -> the full sd3 widths (context 4096, pooled 2048; the rest zero), as the host passes them."""
+    return (torch.nn.functional.pad(ctx.float(), (0, 4096 - ctx.shape[-1])),
+            torch.nn.functional.pad(pooled.float(), (0, 2048 - pooled.shape[-1])))
+
+
 @torch.no_grad()
 def euler_sample(dm, noise, cond, pooled, steps: int = 50, cfg: float = 1.0, uncond=None):
+    """Euler over shift(linspace(1, 0)) (the stock 'simple' schedule up to its 1000-entry table); full-width conds."""
     sigmas = torch.cat([shift_sigma(torch.linspace(1, 0, steps + 1)[:-1]), torch.zeros(1)])
     x = noise * sigmas[0]
     for i in range(steps):
@@ -118,61 +162,88 @@ def euler_sample(dm, noise, cond, pooled, steps: int = 50, cfg: float = 1.0, unc
     return x
 
 
-def train_mmdit(vae_path: Path, quick: bool = False, seed: int = 0, log=print) -> dict:
-    from .metrics import DigitJudge
+class _Embed(torch.nn.Module):
+    """The context embedder on the CLIP-L columns only: the same maths, since the other columns are always 0."""
 
-    steps, batch = (150, 32) if quick else (2500, 48)
-    images, labels = data.load_digits()
-    train_idx, test_idx = data.split(labels)
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, ctx):
+        return torch.nn.functional.linear(ctx, self.linear.weight[:, :ctx.shape[-1]], self.linear.bias)
+
+
+def train_mmdit(vae_path: Path, build_dir: Path, quick: bool = False, seed: int = 0, steps: int | None = None,
+                log=print) -> tuple[dict, dict]:
+    """Train (or resume from ``build_dir/mmdit.ckpt``) the base model; returns (fp16 state dict, file metadata)."""
+    from training.atomic_file import write_atomic
+
+    steps = steps or (QUICK_STEPS if quick else STEPS)
+    data = emoji_data.load()
+    train = data.indices(held_out=False)
+    cache = caption_cache(build_dir, log=log)
+    assert cache["captions"][:-1] == [data.captions[i] for i in train]
+    ctx_l, pooled_l = cache["ctx"], cache["pooled"].float()  # index len(train) is the empty prompt
+    empty = len(train)
     vae = load_vae(vae_path)
-    latents = encode_images(vae, images[train_idx])
-    train_labels = labels[train_idx]
+    latents = encode_images(vae, data.tensor(train))
     log(f"latents {tuple(latents.shape)} mean {latents.mean():.3f} std {latents.std():.3f}")
-    enc = encode_prompts([data.prompt(d) for d in range(10)] + [""])
-    ctx = torch.cat([c for c, _ in enc])  # [11, 77, 4096]; index 10 is the empty prompt
-    pooled = torch.cat([p for _, p in enc])
 
     dm = build_mmdit(seed)
-    # The context embedder is linear: embed the 11 distinct prompts once per step, then gather (same maths).
-    embedder = dm.context_embedder
-    dm.context_embedder = torch.nn.Identity()
+    dm.context_embedder = _Embed(dm.context_embedder)  # wraps the same Linear: its weights are trained and saved
     ema = copy.deepcopy(dm).requires_grad_(False)
-    ema_embedder = copy.deepcopy(embedder).requires_grad_(False)
-    params = [p for p in dm.parameters() if p.requires_grad] + list(embedder.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * (1 - s / steps)))
-    gen = torch.Generator().manual_seed(seed + 1)
+    params = list(dm.parameters())
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    ckpt = build_dir / ("mmdit-quick.ckpt" if quick else "mmdit.ckpt")
+    start = 0
+    vae_sha1 = hashlib.sha1(Path(vae_path).read_bytes()).hexdigest()
+    if ckpt.is_file() and not quick:
+        state = torch.load(ckpt, weights_only=True)
+        if state.get("vae_sha1") != vae_sha1:
+            log(f"mmdit: {ckpt} was trained on other latents (another VAE file): starting over")
+        else:
+            dm.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+            start = state["step"]
+            log(f"mmdit: resumed from {ckpt} at step {start}")
+    warm = 200
     t0 = time.time()
-    for step in range(steps):
-        pick = torch.randint(len(latents), (batch,), generator=gen)
-        x0, cls = latents[pick], train_labels[pick].clone()
-        cls[torch.rand(batch, generator=gen) < 0.1] = 10
-        sigma = shift_sigma(torch.rand(batch, generator=gen)).view(-1, 1, 1, 1)
-        noise = torch.randn(x0.shape, generator=gen)
+    for step in range(start, steps):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # per step: a resumed run draws the same
+        pick = torch.randint(len(latents), (BATCH,), generator=g)
+        x0, cls = latents[pick], pick.clone()
+        cls[torch.rand(BATCH, generator=g) < 0.1] = empty
+        sigma = shift_sigma(torch.rand(BATCH, generator=g)).view(-1, 1, 1, 1)
+        noise = torch.randn(x0.shape, generator=g)
         xt = (1 - sigma) * x0 + sigma * noise
-        v = dm(xt, sigma.flatten() * 1000, context=embedder(ctx)[cls], y=pooled[cls])
+        for group in opt.param_groups:
+            group["lr"] = LR * min(1.0, (step + 1) / warm)
+        y = torch.nn.functional.pad(pooled_l[cls], (0, 2048 - CLIP_WIDTH))
+        v = dm(xt, sigma.flatten() * 1000, context=ctx_l[cls].float(), y=y)
         loss = torch.nn.functional.mse_loss(v, noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
         with torch.no_grad():
-            decay = min(0.999, (step + 1) / (step + 10))
-            for pe, p in zip([*ema.parameters(), *ema_embedder.parameters()], [*dm.parameters(), *embedder.parameters()]):
+            decay = min(EMA, (step + 1) / (step + 10))
+            for pe, p in zip(ema.parameters(), dm.parameters()):
                 pe.lerp_(p, 1 - decay)
-        if step % 100 == 0 or step == steps - 1:
+        done = step + 1
+        if done % CHECKPOINT_EVERY == 0 or done == steps:
+            state = dict(model=dm.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=done, vae_sha1=vae_sha1)
+            write_atomic(ckpt, lambda tmp: torch.save(state, tmp))
+        if step % 50 == 0 or done == steps:
             log(f"mmdit step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
-    ema.context_embedder = ema_embedder
+    ema.context_embedder = ema.context_embedder.linear  # back to the host's module layout (its own EMA copy)
     ema.eval()
-
-    judge = DigitJudge(images[train_idx], labels[train_idx])
-    n = 100
-    want = torch.arange(n) % 10
-    noise = torch.randn((n, CHANNELS, 8, 8), generator=torch.Generator().manual_seed(1234))
-    for cfg in (1.0, 2.0):
-        lat = euler_sample(ema, noise, ctx[want], pooled[want], 50, cfg, (ctx[10:], pooled[10:]))
-        log(f"50-step samples, cfg {cfg}: digit classifier accuracy {judge.accuracy(decode_latents(vae, lat), want):.2f} "
-            f"(real test digits: {judge.accuracy(images[test_idx], labels[test_idx]):.2f})")
-    return {k: v.detach().half() for k, v in ema.state_dict().items()}
+    sd = {k: v.detach().half() for k, v in ema.state_dict().items()}
+    captions = [data.captions[i] for i in train]
+    meta = {
+        "glance_kit.training_captions": str(len(captions)),
+        "glance_kit.training_captions_sha1": hashlib.sha1("\n".join(captions).encode()).hexdigest(),
+        "glance_kit.steps": str(steps), "glance_kit.batch": str(BATCH), "glance_kit.learning_rate": str(LR),
+        "glance_kit.ema": str(EMA), "glance_kit.data": f"{emoji_data.PACKAGE}@{emoji_data.VERSION} (Noto emoji, Apache-2.0)",
+    }
+    return sd, meta

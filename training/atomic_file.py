@@ -1,0 +1,46 @@
+"""The pack's one atomic file writer: a file appears whole under its name or not at all (standard library only).
+
+Used by the LoRA files (training/lora_file.py), saved schedules (nodes/schedule_files.py), the demo model kit
+(cli/model_kit.py, cli/emoji_data.py), the kit builders (benchmarks/repro) and the HTTP client's
+downloads (cli/client.py).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path, write, *, overwrite: bool = True, mode: int | None = 0o644) -> Path:
+    """``write(tmp)`` writes a temporary file next to ``path``, which then takes its name in one step.
+
+    ``overwrite=False`` never replaces a file: ``FileExistsError`` if ``path`` exists, also when it appeared
+    while writing (the file is hard-linked into place). ``mode``: permissions of the new file (temporary files
+    are created readable by their owner only; models and outputs are shared files); None keeps them.
+    Readers never see half a file, and a failed write leaves nothing behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"'{path}' already exists; nothing overwritten")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if the name appeared meanwhile: no silent overwrite
+            except FileExistsError:
+                raise FileExistsError(f"'{path}' appeared while writing; nothing overwritten") from None
+            except OSError:  # a filesystem without hard links
+                if path.exists():
+                    raise FileExistsError(f"'{path}' already exists; nothing overwritten") from None
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
