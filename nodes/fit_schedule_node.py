@@ -137,8 +137,8 @@ class GlanceFitSchedule(io.ComfyNode):
         total = settings.rollouts * settings.fine_steps
         bar = comfy.utils.ProgressBar(total, node_id=cls.hidden.unique_id if cls.hidden else None)
 
-        def on_step(r, i):
-            bar.update_absolute(r * settings.fine_steps + i + 1, total)
+        def on_step(done):
+            bar.update_absolute(done, total)
 
         log.info("Glance fit: %d rollouts of %d %s steps at cfg %g, %dx%d px, %d prompt(s)", settings.rollouts,
                  settings.fine_steps, settings.scheduler, settings.cfg, *resolution, len(prompts))

@@ -172,7 +172,7 @@ def fine_schedule(model_sampling, scheduler: str, steps: int) -> torch.Tensor:
 
 
 def fit_schedule(patcher, prompts: list, negative, latent: torch.Tensor, settings: FitSettings,
-                 on_step: Callable[[int, int], None] | None = None) -> ScheduleFit:
+                 on_step: Callable[[int], None] | None = None) -> ScheduleFit:
     """Teacher rollouts on the fine schedule, the mean error matrix, and the least-error path."""
     check_settings(settings)
     start = time.perf_counter()

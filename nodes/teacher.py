@@ -1,7 +1,8 @@
 """Teacher rollouts: the guided model's own Euler trajectory on a fine schedule, recorded through the host's sampler.
 
-Rollout ``r`` is exactly what the host's KSampler samples with ``euler``, those sigmas, the given cfg and seed
-``seed + r``: a stock ``CFGGuider`` prepares the model and the prompts, and the stock ``euler`` sampler runs;
+Rollout ``r`` is what the host's KSampler samples with ``euler``, those sigmas, the given cfg and seed ``seed + r``
+(one prompt's rollouts run as one batch where the device holds it): a stock ``CFGGuider`` prepares the model and
+the prompts, and the stock ``euler`` sampler runs;
 a thin ``Sampler`` around it records, at every schedule point, the state x and the guided velocity
 ``(x - denoised) / sigma`` that the Euler step takes there (plus the final state). States live in the sampler's
 latent space (after the model's ``process_latent_in``), the space every step is taken in.
@@ -46,7 +47,7 @@ class PassCounter:
 
 
 class _Recorder(comfy.samplers.Sampler):
-    """Runs the host's sampler and keeps what each of its steps saw."""
+    """Runs the host's sampler and keeps what each of its steps saw (the whole batch)."""
 
     def __init__(self, sampler, on_step: Callable[[int], None] | None):
         self.sampler, self.on_step = sampler, on_step
@@ -66,9 +67,10 @@ class _Recorder(comfy.samplers.Sampler):
         return out
 
 
-def rollout(patcher, positive, negative, cfg: float, latent: torch.Tensor, sigmas: torch.Tensor, seed: int,
-            prompt: int = 0, on_step: Callable[[int], None] | None = None) -> Rollout:
-    """One teacher rollout: ``euler`` over ``sigmas`` from the noise of ``seed``, recorded at every point.
+def rollout_batch(patcher, positive, negative, cfg: float, latent: torch.Tensor, sigmas: torch.Tensor, seeds: list[int],
+                  prompt: int = 0, on_step: Callable[[int], None] | None = None) -> list[Rollout]:
+    """Teacher rollouts of one prompt in one batch: ``euler`` over ``sigmas``, rollout b from the noise of
+    ``seeds[b]`` (the noise the host's KSampler draws for that seed), recorded at every point.
 
     ``latent`` is the (empty) latent of one image in the model's layout; ``on_step(i)`` runs after each step
     (progress, interrupts)."""
@@ -76,31 +78,55 @@ def rollout(patcher, positive, negative, cfg: float, latent: torch.Tensor, sigma
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     recorder = _Recorder(comfy.samplers.sampler_object("euler"), on_step)
-    noise = comfy.sample.prepare_noise(latent, seed)
-    guider.sample(noise, latent, recorder, sigmas, disable_pbar=True, seed=seed)
+    noise = torch.cat([comfy.sample.prepare_noise(latent, seed) for seed in seeds])
+    guider.sample(noise, latent.expand(len(seeds), *latent.shape[1:]).contiguous(), recorder, sigmas, disable_pbar=True,
+                  seed=seeds[0])
     steps = len(sigmas) - 1
     if len(recorder.xs) != steps + 1:
         raise RuntimeError(f"the sampler recorded {len(recorder.xs) - 1} of {steps} steps")
-    return Rollout(prompt=prompt, seed=seed, x=torch.cat(recorder.xs), velocity=torch.cat(recorder.vs))
+    xs, vs = torch.stack(recorder.xs, dim=1), torch.stack(recorder.vs, dim=1)  # [batch, N+1 | N, *latent]
+    return [Rollout(prompt=prompt, seed=seed, x=xs[b].clone(), velocity=vs[b].clone()) for b, seed in enumerate(seeds)]
+
+
+def batch_size(patcher, latent: torch.Tensor, wanted: int) -> int:
+    """How many rollouts to sample in one batch (at most ``wanted``): as many as the device holds beside the whole
+    model, by the host's own estimate of a sampling batch's memory (cond and uncond); at least 1."""
+    if wanted <= 1:
+        return 1
+    device = patcher.load_device
+    room = mm.get_total_memory(device) - patcher.model_size() - mm.extra_reserved_memory()
+    per_image = patcher.model.memory_required([2, *latent.shape[1:]])
+    if per_image <= 0:
+        return wanted
+    return max(1, min(wanted, int(room // per_image)))
 
 
 def rollouts(patcher, prompts: list, negative, cfg: float, latent: torch.Tensor, sigmas: torch.Tensor, count: int,
-             seed: int, on_rollout: Callable[[Rollout], None], on_step: Callable[[int, int], None] | None = None) -> int:
-    """``count`` rollouts (rollout r: prompt r mod len(prompts), seed + r), each handed to ``on_rollout`` as it
-    finishes (so that only one is held at a time); ``on_step(r, i)`` after each step. Checks for an interrupt at
-    every step. Returns the number of model passes they took."""
+             seed: int, on_rollout: Callable[[Rollout], None], on_step: Callable[[int], None] | None = None) -> int:
+    """``count`` rollouts (rollout r: prompt r mod len(prompts), seed + r), each handed to ``on_rollout`` as its
+    batch finishes (so that only one batch is held at a time). A prompt's rollouts run in batches (``batch_size``);
+    ``on_step(done)`` after each step, ``done`` counting rollout-steps (a batch of b rollouts adds b per step).
+    Checks for an interrupt at every step. Returns the number of model passes they took."""
     counter = PassCounter()
     counted = counter.attach(patcher)
-    for r in range(count):
-        mm.throw_exception_if_processing_interrupted()
-
-        def step(i, r=r):
+    steps = len(sigmas) - 1
+    done = 0
+    for p in range(min(count, len(prompts))):
+        mine = list(range(p, count, len(prompts)))
+        size = batch_size(patcher, latent, len(mine))
+        for start in range(0, len(mine), size):
+            batch = mine[start:start + size]
             mm.throw_exception_if_processing_interrupted()
-            if on_step is not None:
-                on_step(r, i)
 
-        p = r % len(prompts)
-        on_rollout(rollout(counted, prompts[p], negative, cfg, latent, sigmas, seed + r, prompt=p, on_step=step))
+            def step(i, first=done, n=len(batch)):
+                mm.throw_exception_if_processing_interrupted()
+                if on_step is not None:
+                    on_step(first + (i + 1) * n)
+
+            for r in rollout_batch(counted, prompts[p], negative, cfg, latent, sigmas, [seed + r for r in batch],
+                                   prompt=p, on_step=step):
+                on_rollout(r)
+            done += steps * len(batch)
     return counter.passes
 
 

@@ -137,6 +137,7 @@ def test_fitted_schedule_lands_closer_to_the_fine_run_than_the_plain_one(kit, pa
     assert all(torch.isclose(fine, s).any() for s in sigmas), "every fitted point is a point of the fine schedule"
     assert plot.shape == (1, 320, 512, 3)
     assert sum(counted) == 4 * 30 * 2  # 4 rollouts x 30 steps, cond + uncond
+    assert len(counted) == 30  # one prompt: its 4 rollouts ran as one batch (the CPU holds it)
     assert f"{4 * 30 * 2} model passes" in caplog.text
 
     plain = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 6)
@@ -250,3 +251,22 @@ def test_progress_runs_over_every_rollout_step(kit):
     finally:
         comfy.utils.set_progress_bar_global_hook(before)
     assert seen[0][1] == 24 and seen[-1] == (24, 24) and [v for v, _ in seen] == sorted(v for v, _ in seen)
+
+
+def test_batched_rollouts_are_what_ksampler_samples_for_each_seed(kit, pack):
+    """A prompt's rollouts run as one batch; each is still the stock KSampler's Euler run for its own seed."""
+    import comfy.samplers
+
+    teacher = pack("nodes.teacher")
+    model, positive = kit["model"], kit["conds"][kit["train"]]
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 12)
+    with torch.inference_mode():
+        batch = teacher.rollout_batch(model, positive, kit["negative"], CFG, kit["latent"]["samples"], sigmas, [7, 8, 9])
+        for r in batch:
+            want = kit["n"]["KSampler"]().sample(model, r.seed, 12, CFG, "euler", "simple", positive, kit["negative"],
+                                                 kit["latent"], denoise=1.0)[0]["samples"]
+            assert r.x.shape == (13, *kit["latent"]["samples"].shape[1:]) and r.velocity.shape[0] == 12
+            want = model.model.process_latent_in(want)  # rollouts record the sampler's own latent space
+            assert torch.allclose(r.x[-1:], want, atol=1e-4), (r.seed, float((r.x[-1:] - want).abs().max()))
+        assert not torch.allclose(batch[0].x[-1], batch[1].x[-1])
+

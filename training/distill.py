@@ -187,7 +187,7 @@ def distill_experts(patcher, prompts: list, negative, latent: torch.Tensor, sett
     with torch.no_grad():
         result.teacher_passes = teacher.rollouts(
             work, prompts, negative, settings.cfg, latent, grid, settings.rollouts, settings.seed, keep,
-            lambda r, i: progress(r * teacher_steps + i + 1))
+            progress)
     done = settings.rollouts * teacher_steps
 
     # 2. The experts, one after the other, in one sampler run of the host's guider; only the expert in training has
