@@ -12,7 +12,10 @@ cli/client.py with their inputs overridden by node title:
    caption, and samples with them (Glance Phase KSampler, 5 slow + 5 fast steps);
 2. the same graph for each prompt (the trained LoRAs are cached): Glance, 10 steps;
 3. workflows/api/stock_two_sampler_baseline.json with LoRA strength 0: the base model the usual way, 10 steps
-   and 50 steps (the reference).
+   and 50 steps (the reference);
+4. workflows/api/glance_fit_and_distill.json from the training caption alone (no image): Glance Fit Schedule
+   picks 5 + 5 steps of the model's own 50-step schedule, Glance Distill Experts trains a Slow and a Fast expert
+   against the model's 50-step runs; sampled with the experts, and with the base model on the fitted schedule.
 
 Prompts: the training caption, two other captions the base model was trained on, and captions held out from
 everything (never seen by the base model or the LoRAs). Each prompt runs once untimed (text encoding) and
@@ -44,9 +47,10 @@ DEFAULT_WORKDIR = Path.home() / ".cache" / "comfyui-glance" / "demo"
 TRAIN_CAPTION = "red apple, food and drink"
 OTHER_TRAINING = ("grinning face, smileys and emotion", "pink heart, smileys and emotion")
 REFERENCE_STEPS, PLAIN_STEPS, GLANCE_STEPS = 50, 10, (5, 5)
-VARIANTS = ("glance", "plain", "reference")
+VARIANTS = ("glance", "fitted", "distilled", "plain", "reference")
 LABELS = {"real": "real emoji", "reference": f"base, {REFERENCE_STEPS} steps", "plain": f"base, {PLAIN_STEPS} steps",
-          "glance": f"Glance, {sum(GLANCE_STEPS)} steps"}
+          "glance": f"Glance, {sum(GLANCE_STEPS)} steps", "fitted": f"fitted schedule, {sum(GLANCE_STEPS)} steps",
+          "distilled": f"distilled experts, {sum(GLANCE_STEPS)} steps"}
 
 
 def emoji_png(path: Path, caption: str) -> Path:
@@ -142,8 +146,16 @@ def _jobs(client: ComfyClient, image_path: Path, caption: str, args) -> int:
         "Prompt.text": caption, "Train Slow-LoRA.save_name": slow_name, "Train Fast-LoRA.save_name": fast_name,
         "Glance Sigmas.preset": "split_from_model_scheduler", "Glance Sigmas.switch_sigma": schedule["switch"],
         "Glance Phase KSampler.seed": args.seed + 1000, "Save Image.filename_prefix": "glance_demo/warmup"})
-    print("1/4 training the Slow- and Fast-LoRA from one image, then sampling with them")
+    steps_total = 2 + len(VARIANTS)
+    print(f"1/{steps_total} training the Slow- and Fast-LoRA from one image, then sampling with them")
     trained = client.run(train, on_event=progress and progress(train))
+
+    fit = load_api("glance_fit_and_distill")
+    fit = apply_overrides(fit, {
+        **model_kit.kit_overrides(fit), "Training prompt.text": caption, "Prompt.text": caption,
+        "Glance Distill Experts.save_name_slow": f"glance_demo/distilled_slow_{stamp}",
+        "Glance Distill Experts.save_name_fast": f"glance_demo/distilled_fast_{stamp}",
+        "Glance Phase KSampler.seed": args.seed + 1000, "Save Image.filename_prefix": "glance_demo/warmup"})
 
     stock = load_api("stock_two_sampler_baseline")
     stock = apply_overrides(stock, {**model_kit.kit_overrides(stock), "Slow-LoRA.strength_model": 0.0,
@@ -151,16 +163,25 @@ def _jobs(client: ComfyClient, image_path: Path, caption: str, args) -> int:
                                     "Fast-LoRA.lora_name": fast_name + ".safetensors"})
     graphs = {
         "glance": (train, "Glance Phase KSampler.seed"),
+        "fitted": (_rewired(fit, "Glance Phase KSampler", ("model_slow", "model_fast"), "UNETLoader"),
+                   "Glance Phase KSampler.seed"),
+        "distilled": (fit, "Glance Phase KSampler.seed"),
         "plain": (_steps(stock, PLAIN_STEPS), ("Slow phase.noise_seed", "Fast phase.noise_seed")),
         "reference": (_steps(stock, REFERENCE_STEPS), ("Slow phase.noise_seed", "Fast phase.noise_seed")),
     }
     prompts = choose_prompts(caption, args.held_out)
     files = {v: [] for v in VARIANTS}
     times = {v: [] for v in VARIANTS}
-    for n, variant in enumerate(VARIANTS, start=2):
+    distilled, n = None, 1
+    for variant in VARIANTS:
+        if variant == "fitted":  # after the Glance runs: the host caches only the last graph's outputs (the LoRAs)
+            n += 1
+            print(f"{n}/{steps_total} fitting a schedule and distilling experts from the caption \"{caption}\" (no image)")
+            distilled = client.run(fit, on_event=progress and progress(fit))
         graph, seed_inputs = graphs[variant]
         keys = (seed_inputs,) if isinstance(seed_inputs, str) else seed_inputs
-        print(f"{n}/4 {LABELS[variant]}: {len(prompts)} prompts, each once untimed (text encoding) and once timed")
+        n += 1
+        print(f"{n}/{steps_total} {LABELS[variant]}: {len(prompts)} prompts, each once untimed (text encoding) and once timed")
         for text, _role in prompts:
             runs = []
             for seed in (args.seed + 1000, args.seed):  # the first run encodes the prompt: untimed
@@ -176,8 +197,23 @@ def _jobs(client: ComfyClient, image_path: Path, caption: str, args) -> int:
     psnr = {v: [_psnr(f, r) for f, r in zip(files[v], files["reference"])] for v in VARIANTS}
     picture = _grid(prompts, real, files, out / "glance_demo.png")
     cfg = next(n["inputs"]["cfg_slow"] for n in train.values() if n["class_type"] == "GlancePhaseKSampler")
-    _report(trained, times, psnr, prompts, caption, schedule, cfg, picture, slow_name, fast_name)
+    _report(trained, distilled, times, psnr, prompts, caption, schedule, cfg, picture, slow_name, fast_name)
     return 0
+
+
+def _rewired(graph: dict, title: str, inputs: tuple[str, ...], source_class: str, output: int = 0) -> dict:
+    """A copy of ``graph`` with the node titled ``title`` taking ``inputs`` from output ``output`` of the graph's
+    one ``source_class`` node (e.g. the base model's loader instead of the distilled experts)."""
+    from cli.client import find_node
+
+    graph = json.loads(json.dumps(graph))
+    sources = [k for k, n in graph.items() if n["class_type"] == source_class]
+    if len(sources) != 1:
+        raise ValueError(f"{source_class}: the graph has {len(sources)} such nodes, expected one")
+    node, source = graph[find_node(graph, title)], sources[0]
+    for name in inputs:
+        node["inputs"][name] = [source, output]
+    return graph
 
 
 def _kit_schedule() -> dict:
@@ -211,15 +247,17 @@ def _psnr(a: Path, b: Path) -> float:
 
 
 def _grid(prompts, real, files: dict, path: Path) -> Path:
-    """One row per prompt: real emoji | 50 steps | 10 steps | Glance 10 steps, each 2x, labelled."""
+    """One row per prompt: real emoji | 50 steps | 10 steps | Glance | fitted schedule | distilled experts (10
+    steps each), each 2x, labelled (two header lines)."""
     from PIL import Image, ImageDraw
 
-    cols = ["real", "reference", "plain", "glance"]
-    cell, head, label_w = 128, 18, 300
+    cols = ["real", "reference", "plain", "glance", "fitted", "distilled"]
+    cell, head, label_w = 128, 32, 300
     sheet = Image.new("RGB", (label_w + cell * len(cols), head + cell * len(prompts)), "white")
     draw = ImageDraw.Draw(sheet)
     for c, key in enumerate(cols):
-        draw.text((label_w + c * cell + 4, 3), LABELS[key], fill="black")
+        for line, text in enumerate(LABELS[key].split(", ")):
+            draw.text((label_w + c * cell + 4, 3 + 14 * line), text, fill="black")
     for r, (text, role) in enumerate(prompts):
         y = head + r * cell
         draw.text((4, y + cell // 2 - 14), text[:46], fill="black")
@@ -233,7 +271,7 @@ def _grid(prompts, real, files: dict, path: Path) -> Path:
     return path
 
 
-def _report(trained, times, psnr, prompts, caption, schedule, cfg, picture, slow_name, fast_name) -> None:
+def _report(trained, distilled, times, psnr, prompts, caption, schedule, cfg, picture, slow_name, fast_name) -> None:
     held = [i for i, (_, role) in enumerate(prompts) if role == "held out"]
     seen = [i for i in range(len(prompts)) if i not in held]
 
@@ -246,14 +284,18 @@ def _report(trained, times, psnr, prompts, caption, schedule, cfg, picture, slow
     print(f"  LoRAs trained on       \"{caption}\" (one image): {_seconds(trained):.1f} s incl. the first sampling; "
           f"loras/{slow_name}.safetensors, loras/{fast_name}.safetensors")
     print(f"  Glance schedule        5 slow + 5 fast steps along the model's scheduler, switch at sigma {schedule['switch']:g}")
-    print(f"  {'variant':<22} {'time per image':>15} {'PSNR to 50 steps, held out':>27} {'training captions':>18}")
+    print(f"  fitted and distilled   from the caption alone: {_seconds(distilled):.1f} s for the fit, the two experts "
+          f"and the first sampling (glance_fit_and_distill)")
+    print(f"  {'variant':<28} {'time per image':>15} {'PSNR to 50 steps, held out':>27} {'training captions':>18}")
     for v in VARIANTS:
         t = statistics.median(times[v])
         db = ("(reference)",) * 2 if v == "reference" else (mean_db(psnr[v], held), mean_db(psnr[v], seen))
-        print(f"  {LABELS[v]:<22} {t:>13.2f} s {db[0]:>27} {db[1]:>18}")
+        print(f"  {LABELS[v]:<28} {t:>13.2f} s {db[0]:>27} {db[1]:>18}")
     ref = statistics.median(times["reference"])
-    print(f"  speed-up vs 50 steps   Glance {ref / statistics.median(times['glance']):.1f}x, base 10 steps "
-          f"{ref / statistics.median(times['plain']):.1f}x (median graph execution time on the server, {len(prompts)} prompts)")
+    speedups = ", ".join(f"{LABELS[v].split(',')[0]} {ref / statistics.median(times[v]):.1f}x"
+                         for v in VARIANTS if v != "reference")
+    print(f"  speed-up vs 50 steps   {speedups} (10 steps each;")
+    print(f"                         median graph execution time on the server, {len(prompts)} prompts)")
     print(f"  picture                {picture}")
 
 
