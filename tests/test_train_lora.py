@@ -118,8 +118,11 @@ def test_saved_file_reloads_like_node_output_base_untouched(comfy, pack, base_di
     dm = model.model.diffusion_model
     weights = {k: v.clone() for k, v in dm.state_dict().items()}
     modules = [n for n, _ in dm.named_modules()]
+    grad = {n: p.requires_grad for n, p in dm.named_parameters()}
     trained, name, _ = train(comfy, model, "qwen", "test/reload/qwen_slow", phase="slow", steps=20, rank=4, alpha=16.0)
-    assert [n for n, _ in dm.named_modules()] == modules and not hasattr(dm, "peft_config")
+    assert [n for n, _ in dm.named_modules()] == modules
+    assert not [n for n, m in dm.named_modules() if m._forward_hooks or m._forward_pre_hooks], "LoRA hooks left on the base"
+    assert {n: p.requires_grad for n, p in dm.named_parameters()} == grad
     after = dm.state_dict()
     assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights)
 
