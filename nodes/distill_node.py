@@ -129,6 +129,10 @@ class GlanceDistillExperts(io.ComfyNode):
                  "%d steps per expert", recipe.arch, len(prompts), settings.rollouts,
                  [round(s, 4) for s in settings.sigmas], switch, settings.cfg, settings.cfg_fast, settings.rank,
                  settings.learning_rate, settings.steps)
+        if len(prompts) == 1:
+            log.info("Glance distill: one prompt; the experts specialise in it and may land slightly further from the "
+                     "model's fine run than the schedule alone on other prompts. For prompts in general, join several "
+                     "with Conditioning (Combine) and give about 100 steps per prompt.")
         result = distill_experts(model, prompts, negative, latent, settings, recipe.arch,
                                  lambda done, total: bar.update_absolute(done, total))
         log.info("Glance distill: teacher %d model passes; loss slow %.5g -> %.5g, fast %.5g -> %.5g",

@@ -7,7 +7,9 @@ emoji, through the stock CLIPLoader, UNETLoader and VAELoader, stock SD3 shift 3
 Slow-LoRA and a Fast-LoRA from ONE training emoji and its caption at the paper's timesteps of this model's own
 50-step schedule (steps 1,3,5,7,9 | 11,21,31,41,50), and a single LoRA on all ten. Every variant then samples
 held-out captions (never seen by the base model or any LoRA) from the same seeds; metrics compare each with the
-base model's 50-step samples. Writes ``out/results.md``, ``out/results.json`` and ``out/grid.png``.
+base model's 50-step samples. Then our rows (``fitted.py``: schedules fitted to the model and experts
+distilled from it, from the training caption alone; ``--no-fitted`` skips them) on the same captions and seeds.
+Writes ``out/results.md``, ``out/results.json`` and ``out/grid.png``.
 
 Rows are ``Variant`` entries; each names a sampling ``kind`` (a function in ``SAMPLERS``) and the models it
 uses (trained by ``train_experts``): a new row is one entry, a new kind one function.
