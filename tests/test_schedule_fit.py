@@ -270,3 +270,20 @@ def test_batched_rollouts_are_what_ksampler_samples_for_each_seed(kit, pack):
             assert torch.allclose(r.x[-1:], want, atol=1e-4), (r.seed, float((r.x[-1:] - want).abs().max()))
         assert not torch.allclose(batch[0].x[-1], batch[1].x[-1])
 
+
+
+def test_rollout_batches_follow_the_hosts_memory_estimate(kit, pack):
+    """All of a prompt's rollouts in one batch where the device holds them; one at a time where the host's own
+    estimate of a sampling batch says even two would not fit beside the model."""
+    import comfy.model_management as mm
+
+    teacher = pack("nodes.teacher")
+    model = kit["model"]
+    assert teacher.batch_size(model, kit["latent"]["samples"], 8) == 8
+    room = mm.get_total_memory(model.load_device) - model.model_size() - mm.extra_reserved_memory()
+    side = 16
+    while model.model.memory_required([2, 16, side, side]) * 2 <= room:  # one image's estimate above half the room
+        side *= 2
+    huge = torch.zeros((1, 16, side, side), device="meta")  # only its shape is read
+    assert teacher.batch_size(model, huge, 8) == 1
+    assert teacher.batch_size(model, kit["latent"]["samples"], 1) == 1
