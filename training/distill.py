@@ -23,12 +23,12 @@ import comfy.model_management as mm
 import comfy.samplers
 import torch
 
-from ..host_compat import non_dynamic, training_mode
+from ..host_compat import training_mode
 from ..nodes import teacher
 from ..nodes.schedules import first_fast_step
-from . import memory, precision
-from .adapters import frozen_base, lora_terms, target_layers
-from .loop import (NaNLossError, TrainSettings, clone_tensors, make_optimizer, optimizer_name, optimizer_step, plan_memory,
+from . import memory
+from .adapters import frozen_base, lora_terms
+from .loop import (NaNLossError, TrainSettings, clone_tensors, make_optimizer, optimizer_step, plan_memory, prepare_run,
                    trainable_blocks)
 
 log = logging.getLogger(__name__)
@@ -157,14 +157,9 @@ def distill_experts(patcher, prompts: list, negative, latent: torch.Tensor, sett
 
     # 0. The run's plan, before anything is loaded: the trainer's precision, optimiser and memory estimate (one
     # expert's terms and optimiser state at a time; cond and uncond in one batch where a phase uses CFG).
-    work = non_dynamic(patcher).clone()
-    dm = work.model.diffusion_model
-    targets = target_layers(dm, settings.target_modules)
-    if not targets:
-        raise ValueError(f"model: none of the LoRA target modules {list(settings.target_modules)} exist in this {arch} model.")
-    device = work.load_device
-    prec = precision.choose(device, precision.compute_dtype(work))
-    result.optimizer, result.precision = optimizer_name(device), prec.describe()
+    setup = prepare_run(patcher, settings.target_modules, arch)
+    work, dm, targets, device, prec = setup.work, setup.dm, setup.targets, setup.device, setup.precision
+    result.optimizer, result.precision = setup.optimizer, prec.describe()
     batch = 2 if any(c != 1.0 for c in (settings.cfg, settings.cfg_fast)) else 1
     text_tokens = max(int(c.shape[1]) for cond in [*prompts, negative] for c, _ in cond)
     plan = TrainSettings(sigmas=settings.sigmas, target_modules=settings.target_modules, rank=settings.rank,

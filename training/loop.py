@@ -182,6 +182,32 @@ def plan_memory(patcher, targets, settings: TrainSettings, latent_shape, text_to
     )
 
 
+@dataclass
+class RunSetup:
+    """What a training run works with, decided before anything is loaded: a clone of the model outside the host's
+    dynamic-VRAM path, its LoRA target layers, the device, the precision and the optimiser."""
+    work: object
+    targets: list
+    device: torch.device
+    precision: precision.Precision
+    optimizer: str
+
+    @property
+    def dm(self) -> torch.nn.Module:
+        return self.work.model.diffusion_model
+
+
+def prepare_run(patcher, target_modules: tuple[str, ...], arch: str) -> RunSetup:
+    """The run's clone, targets, device, precision and optimiser (shared by the trainer and the distiller)."""
+    work = non_dynamic(patcher).clone()
+    targets = target_layers(work.model.diffusion_model, target_modules)
+    if not targets:
+        raise ValueError(f"model: none of the LoRA target modules {list(target_modules)} exist in this {arch} model.")
+    device = work.load_device
+    return RunSetup(work=work, targets=targets, device=device, optimizer=optimizer_name(device),
+                    precision=precision.choose(device, precision.compute_dtype(work)))
+
+
 class _TrainGuider(comfy.samplers.CFGGuider):
     """The host's guider, so model loading and conditioning follow the sampling path; cfg 1, no negative."""
 
@@ -204,14 +230,9 @@ def train_lora(patcher, latent: torch.Tensor, positive: list, settings: TrainSet
     ``on_step(step, loss, sigma, steps)`` is called after each optimiser step."""
     result = TrainResult(adapters={})
     positive = clone_tensors(positive)
-    work = non_dynamic(patcher).clone()
-    dm = work.model.diffusion_model
-    targets = target_layers(dm, settings.target_modules)
-    if not targets:
-        raise ValueError(f"model: none of the LoRA target modules {list(settings.target_modules)} exist in this {arch} model.")
-    device = work.load_device
-    prec = precision.choose(device, precision.compute_dtype(work))
-    result.optimizer, result.precision = optimizer_name(device), prec.describe()
+    setup = prepare_run(patcher, settings.target_modules, arch)
+    work, dm, targets, device, prec = setup.work, setup.dm, setup.targets, setup.device, setup.precision
+    result.optimizer, result.precision = setup.optimizer, prec.describe()
     est = result.memory = plan_memory(work, targets, settings, latent.shape, positive[0][0].shape[1], prec, result.optimizer)
     log.info("Glance trainer: %s on %s, %s; %d LoRA layers, %.1fM parameters; memory: %s", arch, device, prec.describe(),
              len(targets), est.lora_params / 1e6, memory.breakdown(est))
