@@ -5,52 +5,16 @@ import logging
 
 import comfy.samplers
 import comfy.utils
-import torch
 from comfy_api.latest import io, ui
 
-from ..host_compat import fix_empty_latent
-from ..training.data import check_conditioning
-from ..training.recipes import detect_recipe
 from . import schedule_files
-from .phase_sampler import _check_latent_fits
+from .input_checks import check_prompts, latent_resolution, single_empty_latent
 from .schedule_fit import FitSettings, fit_schedule, model_identity, schedule_record
 from .schedules import SWITCH_SIGMA_MAX, switch_sigma_problem
 from .sigma_plot import plot_sigmas
-from .teacher import split_prompts
 
 log = logging.getLogger("comfyui-glance")
 AUTO_SWITCH = 0.0
-
-
-def check_prompts(model, positive, negative) -> list:
-    """The prompts (entries of ``positive``), with clear errors for conditioning that cannot drive this model."""
-    for name, value in (("positive", positive), ("negative", negative)):
-        if not isinstance(value, (list, tuple)) or not value or not all(
-                isinstance(e, (list, tuple)) and len(e) >= 2 and isinstance(e[0], torch.Tensor) for e in value):
-            raise ValueError(f"{name}: expected CONDITIONING (from CLIP Text Encode with the model's text encoder).")
-    try:
-        recipe = detect_recipe(model)
-    except ValueError:
-        recipe = None  # not a flow model: the fit still works, without the architecture's width checks
-    prompts = split_prompts(positive)
-    if recipe is not None:
-        for prompt in prompts:
-            check_conditioning(prompt, model, recipe)
-    return prompts
-
-
-def single_empty_latent(model, latent_image) -> torch.Tensor:
-    """One empty latent of ``latent_image``'s size, in the model's layout (the fit samples from pure noise)."""
-    if not isinstance(latent_image, dict) or not isinstance(latent_image.get("samples"), torch.Tensor):
-        raise ValueError("latent_image: expected a LATENT (connect an empty latent of the size you generate at).")
-    latent = fix_empty_latent(model, latent_image)
-    _check_latent_fits(model, latent, "model")
-    return torch.zeros_like(latent[:1])
-
-
-def latent_resolution(latent: torch.Tensor) -> list[int]:
-    """[width, height] in pixels (latents are 1/8 of the image on every supported model)."""
-    return [int(latent.shape[-1]) * 8, int(latent.shape[-2]) * 8]
 
 
 class GlanceFitSchedule(io.ComfyNode):

@@ -10,6 +10,7 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..host_compat import fix_empty_latent, sampled_latent
+from .input_checks import check_latent_fits
 from .phase_sampling import PhaseGuider
 from .schedules import SWITCH_SIGMA_MAX, switch_sigma_problem, validate_switch_sigma
 
@@ -28,19 +29,6 @@ def _check_inputs(steps, switch_sigma, cfg_slow, cfg_fast, latent, sigmas):
         raise ValueError("sigmas: the connected schedule has no steps (it needs at least 2 values, e.g. [1.0, 0.0]).")
     if not isinstance(latent, dict) or "samples" not in latent:
         raise ValueError("latent_image: expected a LATENT (connect Empty Latent Image or VAE Encode).")
-
-
-def _check_latent_fits(model, latent_image, name):
-    latent_format = model.get_model_object("latent_format")
-    channels = getattr(latent_format, "latent_channels", None)
-    dims = getattr(latent_format, "latent_dimensions", 2)
-    if channels is not None and latent_image.shape[1] != channels:
-        raise ValueError(
-            f"latent_image has {latent_image.shape[1]} channels but {name} ({type(model.model).__name__}) expects "
-            f"{channels}: make the latent with this model's VAE or its empty-latent node (e.g. EmptySD3LatentImage for 16 channels)."
-        )
-    if latent_image.ndim not in (dims + 2, 4):
-        raise ValueError(f"latent_image has shape {tuple(latent_image.shape)}, which {name} cannot sample.")
 
 
 def _phase_models():
@@ -116,8 +104,8 @@ class GlancePhaseKSampler(io.ComfyNode):
                 cfg_fast, sampler_name, scheduler, denoise=1.0, sigmas=None) -> io.NodeOutput:
         _check_inputs(steps, switch_sigma, cfg_slow, cfg_fast, latent_image, sigmas)
         latent = fix_empty_latent(model_slow, latent_image)
-        _check_latent_fits(model_slow, latent, "model_slow")
-        _check_latent_fits(model_fast, latent, "model_fast")
+        check_latent_fits(model_slow, latent, "model_slow")
+        check_latent_fits(model_fast, latent, "model_fast")
 
         if sigmas is None:
             sigmas = comfy.samplers.KSampler(model_slow, steps=steps, device=model_slow.load_device, sampler=sampler_name,
