@@ -51,7 +51,7 @@ def _expert_patches(model):
 
     recipe = pack_module("training.recipes").FLUX
     modules = [m for m in gm.linear_modules(model) if any(m.endswith(t) for t in recipe.target_modules)]
-    patches = pack_module("nodes.lora_patches").lora_patches
+    patches = pack_module("sampling.lora_patches").lora_patches
     out = []
     for seed in (1, 2):
         sd = {k: v.to(torch.bfloat16) for k, v in gm.random_lora(model, modules, rank=32, seed=seed, scale=0.01).items()}
@@ -65,7 +65,7 @@ def _expert_pairs(model, slow_p, fast_p, in_model: dict | None = None):
     for p in (slow_p, fast_p):
         merged.append(model.clone())
         merged[-1].add_patches(p, 1.0)
-    forward, experts = pack_module("nodes.forward_experts").forward_expert_clones(
+    forward, experts = pack_module("sampling.forward_experts").forward_expert_clones(
         model, {"slow": (slow_p, 1.0), "fast": (fast_p, 1.0)})
     pairs = {"merged": tuple(merged), "forward": (forward["slow"], forward["fast"])}
     if in_model is not None:
@@ -86,7 +86,7 @@ def _expert_pairs(model, slow_p, fast_p, in_model: dict | None = None):
 def _run_pair(slow, fast, pos, neg, latent):
     import comfy.samplers
 
-    sampling = pack_module("nodes.phase_sampling")
+    sampling = pack_module("sampling.phase_guider")
     sigmas = comfy.samplers.calculate_sigmas(slow.get_model_object("model_sampling"), "simple", EXPERT_STEPS).cpu()
     switch = float(sigmas[EXPERT_STEPS // 2])
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
@@ -275,9 +275,9 @@ def main():
     # 2. the experts of one base: forward (default) vs merged, on a FLUX-width model stored in bf16
     rows += experts_at_scale(args, nodes, repeats)
     modules = [m for m in gm.linear_modules(model) if "blocks" in m]
-    patches = pack_module("nodes.lora_patches").lora_patches
+    patches = pack_module("sampling.lora_patches").lora_patches
     slow_p, fast_p = (patches(model, gm.random_lora(model, modules, rank=32, seed=s, scale=0.01), f"lora {s}") for s in (1, 2))
-    experts, _ = pack_module("nodes.forward_experts").forward_expert_clones(model, {"slow": (slow_p, 1.0), "fast": (fast_p, 1.0)})
+    experts, _ = pack_module("sampling.forward_experts").forward_expert_clones(model, {"slow": (slow_p, 1.0), "fast": (fast_p, 1.0)})
     slow, fast = experts["slow"], experts["fast"]
 
     # 3. Glance 10 steps (5 slow cfg 3 + 5 fast cfg 1) vs stock 50 steps cfg 3

@@ -96,8 +96,8 @@ def check(nodes, storage: str, widths: dict, resolution: int, steps: int, device
     import folder_paths
 
     job = pack_module("training.job")
-    schedules = pack_module("nodes.schedules")
-    sampling = pack_module("nodes.phase_sampling")
+    schedules = pack_module("schedules.presets")
+    sampling = pack_module("sampling.phase_guider")
     loras = Path(folder_paths.get_folder_paths("loras")[0])
     with torch.inference_mode():  # as the executor runs the loader
         model = nodes.NODE_CLASS_MAPPINGS["UNETLoader"]().load_unet(FILE, storage)[0]

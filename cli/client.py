@@ -27,7 +27,7 @@ from pathlib import Path
 
 if str(Path(__file__).resolve().parent.parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent.parent))
-from training.atomic_file import write_atomic  # noqa: E402  (standard library only, as this file)
+from schedules.atomic_file import write_atomic  # noqa: E402  (standard library only, as this file)
 
 FINAL_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
 

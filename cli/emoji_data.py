@@ -161,7 +161,7 @@ def main(argv=None) -> None:
 
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from training.atomic_file import write_atomic
+    from schedules.atomic_file import write_atomic
 
     ap = argparse.ArgumentParser(description="Fetch the emoji package with npm and rebuild cli/kit/emoji64.*")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"npm download cache (default {DEFAULT_CACHE})")

@@ -58,7 +58,7 @@ def start_in_process(base_dir: Path | None = None, cpu: bool = True):
 
 
 def pack_module(name: str = ""):
-    """A module of the loaded pack, e.g. ``pack_module("nodes.schedules")``."""
+    """A module of the loaded pack, e.g. ``pack_module("schedules.presets")``."""
     if _pack_package is None:
         raise RuntimeError("start_in_process() first")
     return importlib.import_module(_pack_package + ("." + name if name else ""))

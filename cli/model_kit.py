@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
-from training.atomic_file import write_atomic  # noqa: E402
+from schedules.atomic_file import write_atomic  # noqa: E402
 
 KIT = Path(__file__).resolve().parent / "kit"
 

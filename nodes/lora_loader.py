@@ -4,8 +4,8 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from .forward_experts import forward_expert_clones
-from .lora_patches import lora_file_patches
+from ..sampling.forward_experts import forward_expert_clones
+from ..sampling.lora_patches import lora_file_patches
 
 NONE = "None"
 APPLY_MODES = ["forward", "merged"]

@@ -10,9 +10,9 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..host_compat import fix_empty_latent, sampled_latent
-from .input_checks import check_latent_fits
-from .phase_sampling import PhaseGuider
-from .schedules import SWITCH_SIGMA_MAX, switch_sigma_problem, validate_switch_sigma
+from .common.inputs import check_latent_fits
+from ..sampling.phase_guider import PhaseGuider
+from ..schedules.presets import SWITCH_SIGMA_MAX, switch_sigma_problem, validate_switch_sigma
 
 
 STEPS_MAX = 10000

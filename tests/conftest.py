@@ -39,7 +39,7 @@ def comfy(base_dir):
 
 @pytest.fixture(scope="session")
 def pack(comfy):
-    """Import a module of the loaded pack by dotted name, e.g. ``pack("nodes.schedules")``."""
+    """Import a module of the loaded pack by dotted name, e.g. ``pack("schedules.presets")``."""
     return pack_module
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ def _brute(e: torch.Tensor, steps: int, start: int, end: int):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_least_error_path_is_the_brute_force_optimum(pack, seed):
-    sf = pack("nodes.schedule_fit")
+    sf = pack("sampling.schedule_fit")
     n = 9
     e = _errors(n, seed)
     for steps in range(1, n + 1):
@@ -50,7 +50,7 @@ def test_least_error_path_is_the_brute_force_optimum(pack, seed):
 
 
 def test_two_phase_path_with_a_fixed_switch_is_the_brute_force_optimum(pack):
-    sf = pack("nodes.schedule_fit")
+    sf = pack("sampling.schedule_fit")
     n = 10
     e = _errors(n, 7)
     for slow, fast in [(1, 1), (2, 3), (3, 2), (4, 4)]:
@@ -70,7 +70,7 @@ def test_two_phase_path_with_a_fixed_switch_is_the_brute_force_optimum(pack):
 
 
 def test_local_error_is_zero_for_the_steps_the_rollout_took(pack):
-    sf = pack("nodes.schedule_fit")
+    sf = pack("sampling.schedule_fit")
     gen = torch.Generator().manual_seed(0)
     sigmas = torch.tensor([1.0, 0.8, 0.5, 0.3, 0.1, 0.0])
     v = torch.randn((5, 4, 3, 3), generator=gen)
@@ -257,7 +257,7 @@ def test_batched_rollouts_are_what_ksampler_samples_for_each_seed(kit, pack):
     """A prompt's rollouts run as one batch; each is still the stock KSampler's Euler run for its own seed."""
     import comfy.samplers
 
-    teacher = pack("nodes.teacher")
+    teacher = pack("sampling.teacher")
     model, positive = kit["model"], kit["conds"][kit["train"]]
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 12)
     with torch.inference_mode():
@@ -277,7 +277,7 @@ def test_rollout_batches_follow_the_hosts_memory_estimate(kit, pack):
     estimate of a sampling batch says even two would not fit beside the model."""
     import comfy.model_management as mm
 
-    teacher = pack("nodes.teacher")
+    teacher = pack("sampling.teacher")
     model = kit["model"]
     assert teacher.batch_size(model, kit["latent"]["samples"], 8) == 8
     room = mm.get_total_memory(model.load_device) - model.model_size() - mm.extra_reserved_memory()

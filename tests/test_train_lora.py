@@ -176,7 +176,7 @@ def test_released_glance_format_loads_in_glance_loader(comfy, pack, base_dir):
     loras.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(sd, str(loras / "glance_release_style.safetensors"))
 
-    patches = pack("nodes.lora_patches").lora_patches(model, sd, "test")
+    patches = pack("sampling.lora_patches").lora_patches(model, sd, "test")
     assert len(patches) == len(modules)
     with torch.inference_mode():
         slow, fast = comfy.NODE_CLASS_MAPPINGS["GlanceLoraLoader"].execute(

@@ -1,7 +1,7 @@
 """Distilling the Slow and the Fast expert from the model itself, in one model load, with no image.
 
 The teacher is the model with no adapter: it samples ``rollouts`` images with Euler on a fine schedule that
-contains every point of the coarse schedule (``nodes/teacher.py``, the host's own sampler). For the coarse segment
+contains every point of the coarse schedule (``sampling/teacher.py``, the host's own sampler). For the coarse segment
 [s_i, s_k] of rollout r the target velocity at the teacher's state x_i is ``(x_i - x_k) / (s_i - s_k)``: the
 single Euler step that lands exactly on the teacher's x_k. Each expert (LoRA terms as forward hooks,
 ``adapters.lora_terms``; only the expert in training has its terms on the model) learns its phase's segments: the slow expert the segments that start above the switch sigma, the fast one the
@@ -24,8 +24,8 @@ import comfy.samplers
 import torch
 
 from ..host_compat import training_mode
-from ..nodes import teacher
-from ..nodes.schedules import first_fast_step
+from ..sampling import teacher
+from ..schedules.presets import first_fast_step
 from . import memory
 from .adapters import frozen_base, lora_terms
 from .loop import (NaNLossError, TrainSettings, clone_tensors, make_optimizer, optimizer_step, plan_memory, prepare_run,

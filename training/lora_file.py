@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import safetensors.torch
 import torch
 
-from .atomic_file import write_atomic
+from ..schedules.atomic_file import write_atomic
 
 PREFIX = "diffusion_model."
 SUFFIX = ".safetensors"

@@ -12,7 +12,7 @@ import comfy.model_base
 import comfy.model_sampling
 import comfy.samplers
 
-from .paper_timesteps import FAST_STEPS, FLUX_DEV, QWEN_IMAGE, SCHEDULE_STEPS, SLOW_STEPS
+from ..schedules.paper_timesteps import FAST_STEPS, FLUX_DEV, QWEN_IMAGE, SCHEDULE_STEPS, SLOW_STEPS
 
 PHASES = ("slow", "fast", "custom")
 

@@ -91,7 +91,7 @@ def encode_prompts(clip, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor
 
 def caption_cache(build_dir: Path, log=print) -> dict:
     """The training captions and "" (last), encoded once: {captions, ctx fp16 [n, 77, 768], pooled fp16 [n, 768]}."""
-    from training.atomic_file import write_atomic
+    from schedules.atomic_file import write_atomic
     from cli import model_kit
 
     data = emoji_data.load()
@@ -176,7 +176,7 @@ class _Embed(torch.nn.Module):
 def train_mmdit(vae_path: Path, build_dir: Path, quick: bool = False, seed: int = 0, steps: int | None = None,
                 log=print) -> tuple[dict, dict]:
     """Train (or resume from ``build_dir/mmdit.ckpt``) the base model; returns (fp16 state dict, file metadata)."""
-    from training.atomic_file import write_atomic
+    from schedules.atomic_file import write_atomic
 
     steps = steps or (QUICK_STEPS if quick else STEPS)
     data = emoji_data.load()

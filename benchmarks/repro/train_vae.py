@@ -110,6 +110,6 @@ def train_vae(checkpoint: Path, stages=STAGES, seed: int = 0, log=print) -> dict
 
 
 def _save(path: Path, state: dict) -> None:
-    from training.atomic_file import write_atomic
+    from schedules.atomic_file import write_atomic
 
     write_atomic(path, lambda tmp: torch.save(state, tmp))

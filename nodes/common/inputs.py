@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from ..host_compat import fix_empty_latent
-from ..training.data import check_conditioning
-from ..training.recipes import detect_recipe
-from .teacher import split_prompts
+from ...host_compat import fix_empty_latent
+from ...training.data import check_conditioning
+from ...training.recipes import detect_recipe
+from ...sampling.teacher import split_prompts
 
 
 def check_latent_fits(model, latent_image, name: str) -> None:

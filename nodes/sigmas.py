@@ -6,11 +6,11 @@ import logging
 import comfy.samplers
 from comfy_api.latest import io, ui
 
-from . import schedule_files
-from .schedule_fit import identity_differences, model_identity, schedule_from_record
-from .schedules import (PRESET_NAMES, PRESETS, SPLIT, SWITCH_SIGMA_MAX, preset_sigmas, split_sigmas,
+from ..schedules import files as schedule_files
+from ..sampling.schedule_fit import identity_differences, model_identity, schedule_from_record
+from ..schedules.presets import (PRESET_NAMES, PRESETS, SPLIT, SWITCH_SIGMA_MAX, preset_sigmas, split_sigmas,
                         switch_sigma_problem, validate_switch_sigma)
-from .sigma_plot import plot_sigmas
+from .common.previews import plot_sigmas
 
 DENSE_STEPS = 1000
 log = logging.getLogger("comfyui-glance")

@@ -20,7 +20,7 @@ import comfy.sampler_helpers
 import comfy.samplers
 import torch
 
-from .schedules import first_fast_step
+from ..schedules.presets import first_fast_step
 
 log = logging.getLogger("comfyui-glance")
 

@@ -13,9 +13,9 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..training import job
-from ..training.loss_plot import plot_loss
+from .common.previews import plot_loss
 from ..training.recipes import PHASES
-from .lora_patches import lora_patches
+from ..sampling.lora_patches import lora_patches
 
 log = logging.getLogger(__name__)
 AUTO = job.AUTO

@@ -12,13 +12,13 @@ from comfy_api.latest import io, ui
 
 from ..training.distill import DistillSettings, distill_experts, phase_settings
 from ..training.lora_file import build_metadata, comfy_lora_state_dict, resolve_save_path, save_atomic
-from ..training.loss_plot import plot_loss
+from .common.previews import plot_loss
 from ..training.recipes import detect_recipe
-from .forward_experts import forward_expert_clones
-from .input_checks import check_prompts, latent_resolution, single_empty_latent
-from .lora_patches import lora_patches
-from .schedule_fit import fine_schedule
-from .schedules import SWITCH_SIGMA_MAX, switch_sigma_problem, validate_switch_sigma
+from ..sampling.forward_experts import forward_expert_clones
+from .common.inputs import check_prompts, latent_resolution, single_empty_latent
+from ..sampling.lora_patches import lora_patches
+from ..sampling.schedule_fit import fine_schedule
+from ..schedules.presets import SWITCH_SIGMA_MAX, switch_sigma_problem, validate_switch_sigma
 
 log = logging.getLogger("comfyui-glance")
 AUTO = -1

@@ -7,11 +7,11 @@ import comfy.samplers
 import comfy.utils
 from comfy_api.latest import io, ui
 
-from . import schedule_files
-from .input_checks import check_prompts, latent_resolution, single_empty_latent
-from .schedule_fit import FitSettings, fit_schedule, model_identity, schedule_record
-from .schedules import SWITCH_SIGMA_MAX, switch_sigma_problem
-from .sigma_plot import plot_sigmas
+from ..schedules import files as schedule_files
+from .common.inputs import check_prompts, latent_resolution, single_empty_latent
+from ..sampling.schedule_fit import FitSettings, fit_schedule, model_identity, schedule_record
+from ..schedules.presets import SWITCH_SIGMA_MAX, switch_sigma_problem
+from .common.previews import plot_sigmas
 
 log = logging.getLogger("comfyui-glance")
 AUTO_SWITCH = 0.0

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..training.paper_timesteps import FLUX_DEV, QWEN_IMAGE
+from .paper_timesteps import FLUX_DEV, QWEN_IMAGE
 
 
 @dataclass(frozen=True)

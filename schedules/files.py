@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import folder_paths
 
-from ..training.atomic_file import write_atomic
+from .atomic_file import write_atomic
 
 FOLDER = "glance_schedules"
 SUFFIX = ".json"

@@ -1,0 +1,1 @@
+"""What the node modules share: input declarations and checks, previews, progress."""
