@@ -1,7 +1,12 @@
-"""comfyui-glance: Glance phase-split sampling and one-image LoRA training for ComfyUI (V3 node pack)."""
+"""comfyui-glance: Glance phase-split sampling and one-image LoRA training for ComfyUI (V3 node pack).
+
+Layout, one direction: nodes/ (the node modules) -> training/, sampling/ (logic) -> schedules/ (timestep tables,
+switch rules, the schedule search, schedule files) -> host_compat.py -> the host.
+"""
 from comfy_api.latest import ComfyExtension, io
 
 from .nodes import NODE_LIST
+from .nodes.common.folders import register_schedules_folder
 
 
 class GlanceExtension(ComfyExtension):
@@ -10,4 +15,5 @@ class GlanceExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> GlanceExtension:
+    register_schedules_folder()
     return GlanceExtension()

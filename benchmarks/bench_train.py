@@ -132,7 +132,7 @@ def main():
                               caption_dropout=0.0, gradient_checkpointing=True,
                               save_name=f"bench/run_{time.time_ns()}_{next(counter)}", resolution=args.resolution)
 
-    loop, recipes, data = (pack_module(f"training.{m}") for m in ("loop", "recipes", "data"))
+    settings_mod, trainer, recipes, data = (pack_module(f"training.{m}") for m in ("settings", "trainer", "recipes", "data"))
     recipe = recipes.detect_recipe(model)
     with torch.inference_mode():
         model_latent = data.encode_latent(vae, image, model)
@@ -142,13 +142,13 @@ def main():
     every_linear = tuple(n for n, m in model.model.diffusion_model.named_modules() if isinstance(m, torch.nn.Linear))
 
     def ours_loop(steps, targets=recipe.target_modules):
-        settings = loop.TrainSettings(sigmas=sigmas, target_modules=targets, rank=args.rank,
-                                      alpha=float(args.rank), learning_rate=5e-4, steps=steps, seed=0,
-                                      gradient_checkpointing=True, block_lists=recipe.block_lists,
-                                      activation_per_token=dict(recipe.activation_per_token),
-                                      width_module=recipe.context_module)
+        settings = settings_mod.TrainSettings(sigmas=sigmas, target_modules=targets, rank=args.rank,
+                                              alpha=float(args.rank), learning_rate=5e-4, steps=steps, seed=0,
+                                              gradient_checkpointing=True, block_lists=recipe.block_lists,
+                                              activation_per_token=dict(recipe.activation_per_token),
+                                              width_module=recipe.context_module)
         with torch.inference_mode():
-            loop.train_lora(model, model_latent, positive, settings, recipe.arch)
+            trainer.train_lora(model, model_latent, positive, settings, recipe.arch)
 
     def vae_encode(steps):
         with torch.inference_mode():

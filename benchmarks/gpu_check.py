@@ -118,7 +118,7 @@ def check(nodes, storage: str, widths: dict, resolution: int, steps: int, device
         inputs = job.TrainInputs(phase=phase, rank=16, steps=n, seed=0, caption_dropout=0.0, resolution=resolution,
                                  save_name=f"gpu_check/{stamp}_{storage}_{phase}")
         with Peak(device) as peak, torch.inference_mode():
-            outcome = job.run(model, vae, image, positive, inputs, loras, on_step)
+            outcome = job.train_job(model, vae, image, positive, inputs, loras, on_step)
         trained[phase] = outcome.file_name
         if phase == "slow":
             gaps = [b - a for a, b in zip(times, times[1:])]

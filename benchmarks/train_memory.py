@@ -8,7 +8,7 @@ layers (Qwen-Image: 12 layers in each of 60 blocks, width 3072, MLP 12288, modul
 stream's qkv (3072 -> 9216) and output projection in 19 double blocks, linear1 (3072 -> 21504) in 38 single blocks);
 fp32 parameters and gradients at 4 bytes each; AdamW 8 bytes, AdamW8bit 2 bytes (+ block statistics); activations
 as training/memory.py describes them, in bf16 (CUDA with bf16 autocast), with the recipe's measured coefficients.
-"The trainer's estimate": training/loop.plan_memory, what the trainer asks the host for, run on the host's own
+"The trainer's estimate": training/session.plan_memory, what the trainer asks the host for, run on the host's own
 full-size model built on the meta device (every layer and shape, no weights). Weights are the host's size of that
 model stored in bf16 or fp8. The caption is taken as 256 tokens (FLUX's T5 pads to at least 256).
 
@@ -66,17 +66,19 @@ def from_recipe(kind: str, recipe, checkpointing: bool) -> dict:
 
 
 def trainer_estimate(patcher, kind: str, optimizer: str, checkpointing: bool):
-    """training/loop.plan_memory on the host's full-size model (meta device), CUDA bf16 autocast precision."""
-    loop, recipes, adapters, precision = (pack_module(f"training.{m}") for m in ("loop", "recipes", "adapters", "precision"))
+    """training/session.plan_memory on the host's full-size model (meta device), CUDA bf16 autocast precision."""
+    session, settings_mod, recipes, adapters, precision = (pack_module(f"training.{m}") for m in (
+        "session", "settings", "recipes", "adapters", "precision"))
     recipe = recipes.detect_recipe(patcher)
     targets = adapters.target_layers(patcher.model.diffusion_model, recipe.target_modules)
-    settings = loop.TrainSettings(sigmas=(1.0,), target_modules=recipe.target_modules, rank=recipe.rank, alpha=recipe.alpha,
-                                  learning_rate=recipe.learning_rate, steps=recipe.steps, seed=0,
-                                  gradient_checkpointing=checkpointing, block_lists=recipe.block_lists,
-                                  activation_per_token=dict(recipe.activation_per_token), width_module=recipe.context_module)
+    settings = settings_mod.TrainSettings(
+        sigmas=(1.0,), target_modules=recipe.target_modules, rank=recipe.rank, alpha=recipe.alpha,
+        learning_rate=recipe.learning_rate, steps=recipe.steps, seed=0, gradient_checkpointing=checkpointing,
+        block_lists=recipe.block_lists, activation_per_token=dict(recipe.activation_per_token),
+        width_module=recipe.context_module)
     latent_shape = (1, 16, 1, RESOLUTION // 8, RESOLUTION // 8) if kind == "qwen" else (1, 16, RESOLUTION // 8, RESOLUTION // 8)
     cuda_bf16 = precision.Precision(torch.bfloat16, False, torch.bfloat16)
-    return loop.plan_memory(patcher, targets, settings, latent_shape, CAPTION_TOKENS, cuda_bf16, optimizer), recipe
+    return session.plan_memory(patcher, targets, settings, latent_shape, CAPTION_TOKENS, cuda_bf16, optimizer), recipe
 
 
 def table() -> tuple[list[str], list[str]]:
@@ -120,14 +122,15 @@ def measure_per_token(kind: str, sizes=(64, 96, 128, 192)) -> dict[str, float]:
     import comfy.patcher_extension as pe
     import numpy as np
 
-    loop, recipes, data = (pack_module(f"training.{m}") for m in ("loop", "recipes", "data"))
+    blocks_mod, settings_mod, trainer, recipes, data = (pack_module(f"training.{m}") for m in (
+        "blocks", "settings", "trainer", "recipes", "data"))
     builder = {"flux": gm.make_flux, "qwen": gm.make_qwen, "sd3": gm.make_sd3}[kind]
     rows = []
     for size in sizes:
         model = builder().clone()
         recipe = recipes.detect_recipe(model)
         dm = model.model.diffusion_model
-        blocks = [(name, block) for name, mods in loop.block_lists(dm, recipe.block_lists) for block in mods]
+        blocks = [(name, block) for name, mods in blocks_mod.block_lists(dm, recipe.block_lists) for block in mods]
         own = {t.untyped_storage().data_ptr() for t in list(model.model.parameters()) + list(model.model.buffers())}
         counts, current = {}, []
 
@@ -155,12 +158,12 @@ def measure_per_token(kind: str, sizes=(64, 96, 128, 192)) -> dict[str, float]:
         positive = gm.conditioning(kind, 1)
         if recipe.guidance is not None:
             positive = [[c, {**e, "guidance": recipe.guidance}] for c, e in positive]
-        settings = loop.TrainSettings(sigmas=(0.9,), target_modules=recipe.target_modules, rank=8, alpha=8.0,
-                                      learning_rate=1e-4, steps=1, seed=0, gradient_checkpointing=False,
-                                      block_lists=recipe.block_lists)
+        settings = settings_mod.TrainSettings(sigmas=(0.9,), target_modules=recipe.target_modules, rank=8, alpha=8.0,
+                                              learning_rate=1e-4, steps=1, seed=0, gradient_checkpointing=False,
+                                              block_lists=recipe.block_lists)
         try:
             with torch.inference_mode():
-                loop.train_lora(model, latent, positive, settings, recipe.arch)
+                trainer.train_lora(model, latent, positive, settings, recipe.arch)
         finally:
             for h in handles:
                 h.remove()

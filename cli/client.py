@@ -25,11 +25,19 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-if str(Path(__file__).resolve().parent.parent) not in sys.path:
-    sys.path.append(str(Path(__file__).resolve().parent.parent))
-from schedules.atomic_file import write_atomic  # noqa: E402  (standard library only, as this file)
-
 FINAL_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
+
+
+def _write_whole(path: Path, data: bytes) -> Path:
+    """``data`` under ``path``, whole or not at all (a temporary file beside it takes the name in one step). This
+    client runs without the pack, so it does not import the pack's writer (schedules/atomic_file.py)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 class PromptError(RuntimeError):
@@ -308,7 +316,7 @@ class ComfyClient:
                 if image.get("type", "output") not in kinds:
                     continue
                 data = self.view(image["filename"], image.get("subfolder", ""), image.get("type", "output"))
-                saved.append(write_atomic(out_dir / Path(image["filename"]).name, lambda tmp: tmp.write_bytes(data)))
+                saved.append(_write_whole(out_dir / Path(image["filename"]).name, data))
         return saved
 
     def upload_image(self, path: Path, overwrite: bool = True) -> str:

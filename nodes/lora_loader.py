@@ -1,11 +1,11 @@
 """GlanceLoraLoader: one base model plus a Slow- and a Fast-LoRA give the two models of Glance Phase KSampler."""
 from __future__ import annotations
 
-import folder_paths
 from comfy_api.latest import io
 
 from ..sampling.forward_experts import forward_expert_clones
 from ..sampling.lora_patches import lora_file_patches
+from .common.folders import list_loras, lora_file
 
 NONE = "None"
 APPLY_MODES = ["forward", "merged"]
@@ -14,7 +14,7 @@ APPLY_MODES = ["forward", "merged"]
 class GlanceLoraLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        loras = [NONE] + folder_paths.get_filename_list("loras")
+        loras = [NONE] + list_loras()
         return io.Schema(
             node_id="GlanceLoraLoader",
             display_name="Glance LoRA Loader (slow + fast)",
@@ -46,7 +46,7 @@ class GlanceLoraLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, slow_lora=None, fast_lora=None):
         # The host does not check V3 combo values against their options: an unknown file must still be a node error.
-        available = set(folder_paths.get_filename_list("loras"))
+        available = set(list_loras())
         for name, value in (("slow_lora", slow_lora), ("fast_lora", fast_lora)):
             if value is not None and value != NONE and value not in available:
                 return f"{name}: '{value}' is not in models/loras; put the file there (then refresh the page) or pick another LoRA."
@@ -60,7 +60,8 @@ class GlanceLoraLoader(io.ComfyNode):
         for name, input_name, file_name, strength in (("slow", "slow_lora", slow_lora, strength_slow),
                                                       ("fast", "fast_lora", fast_lora, strength_fast)):
             used = file_name != NONE and strength != 0
-            experts[name] = (lora_file_patches(model, input_name, file_name) if used else {}, strength)
+            patches = lora_file_patches(model, lora_file(input_name, file_name), f"{input_name} '{file_name}'") if used else {}
+            experts[name] = (patches, strength)
         if apply == "merged":
             clones = {}
             for name, (patches, strength) in experts.items():

@@ -1,8 +1,6 @@
 """GlancePhaseKSampler: KSampler with two models, the slow one above a switch sigma and the fast one below."""
 from __future__ import annotations
 
-import math
-
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -10,48 +8,27 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..host_compat import fix_empty_latent, sampled_latent
-from .common.inputs import check_latent_fits
 from ..sampling.phase_guider import PhaseGuider
-from ..schedules.presets import SWITCH_SIGMA_MAX, switch_sigma_problem, validate_switch_sigma
-
+from ..schedules.switch import validate_switch_sigma
+from .common.inputs import (check_cfg, check_latent_fits, phase_cfg_inputs, phase_model_inputs, seed_input,
+                            switch_sigma_input, validate_inputs)
 
 STEPS_MAX = 10000
 
 
-def _check_inputs(steps, switch_sigma, cfg_slow, cfg_fast, latent, sigmas):
+def _check_phases(switch_sigma, cfg_slow, cfg_fast) -> None:
     validate_switch_sigma(switch_sigma)
-    for name, value in (("cfg_slow", cfg_slow), ("cfg_fast", cfg_fast)):
-        if not math.isfinite(value):
-            raise ValueError(f"{name}={value!r} is not a number: use a finite CFG scale (1.0 turns CFG off for that phase).")
+    check_cfg("cfg_slow", cfg_slow)
+    check_cfg("cfg_fast", cfg_fast)
+
+
+def _check_run(steps, latent, sigmas) -> None:
     if sigmas is None and steps < 1:
         raise ValueError(f"steps={steps}: use at least 1 step, or connect a SIGMAS schedule (e.g. from GlanceSigmas).")
     if sigmas is not None and (sigmas.ndim != 1 or len(sigmas) < 2):
         raise ValueError("sigmas: the connected schedule has no steps (it needs at least 2 values, e.g. [1.0, 0.0]).")
     if not isinstance(latent, dict) or "samples" not in latent:
         raise ValueError("latent_image: expected a LATENT (connect Empty Latent Image or VAE Encode).")
-
-
-def _phase_models():
-    """The inputs both phase nodes share, in the order both show them: the two models and the prompts."""
-    return [
-        io.Model.Input("model_slow", tooltip="Model for the early, high-noise steps (e.g. base + Glance Slow-LoRA)."),
-        io.Model.Input("model_fast", tooltip="Model for the late, low-noise steps (e.g. base + Glance Fast-LoRA)."),
-        io.Conditioning.Input("positive", tooltip="What the image should show."),
-        io.Conditioning.Input("negative", tooltip="What to steer away from; unused in a phase whose cfg is 1.0."),
-    ]
-
-
-def _switch_input(tooltip: str):
-    return io.Float.Input("switch_sigma", default=0.9, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
-                          tooltip=tooltip)
-
-
-def _cfg_inputs(slow_tip: str):
-    return [
-        io.Float.Input("cfg_slow", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=slow_tip),
-        io.Float.Input("cfg_fast", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                       tooltip="CFG scale of the fast phase; 1.0 skips the negative pass (half the cost per step)."),
-    ]
 
 
 class GlancePhaseKSampler(io.ComfyNode):
@@ -68,15 +45,14 @@ class GlancePhaseKSampler(io.ComfyNode):
                 "its negative pass. Works with Glance Slow/Fast LoRAs, a light and a full backbone, or Wan 2.2 experts."
             ),
             inputs=[
-                *_phase_models(),
+                *phase_model_inputs(),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise (an empty latent for text-to-image)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the initial noise (and of ancestral/SDE noise)."),
+                seed_input("Seed of the initial noise (and of ancestral/SDE noise).", control_after_generate=True),
                 io.Int.Input("steps", default=10, min=1, max=STEPS_MAX,
                              tooltip="Total steps when no sigmas are connected; the scheduler spreads them over the model's sigma range."),
-                _switch_input("Steps starting above this sigma use model_slow, the rest model_fast. Flow models run "
-                              "from sigma 1 to 0; the Glance presets switch near 0.9. Outside the schedule, one phase runs alone."),
-                *_cfg_inputs("CFG scale of the slow phase (the paper uses true CFG 5 for Qwen-Image)."),
+                switch_sigma_input("Steps starting above this sigma use model_slow, the rest model_fast. Flow models run "
+                                   "from sigma 1 to 0; the Glance presets switch near 0.9. Outside the schedule, one phase runs alone."),
+                *phase_cfg_inputs("CFG scale of the slow phase (the paper uses true CFG 5 for Qwen-Image)."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
                                tooltip="Sampler for the whole run (one continuous pass across the switch)."),
                 io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
@@ -91,18 +67,14 @@ class GlancePhaseKSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, switch_sigma=None, steps=None):
-        # Taking an input here turns off the host's own min/max check for it, so these check the range too.
-        # A linked input arrives as None and is checked in execute().
-        if switch_sigma is not None and (problem := switch_sigma_problem(switch_sigma)):
-            return problem
-        if steps is not None and not 1 <= steps <= STEPS_MAX:
-            return f"steps={steps}: use 1 to {STEPS_MAX} steps."
-        return True
+        bad_steps = steps is not None and not 1 <= steps <= STEPS_MAX
+        return validate_inputs(switch_sigma, f"steps={steps}: use 1 to {STEPS_MAX} steps." if bad_steps else None)
 
     @classmethod
     def execute(cls, model_slow, model_fast, positive, negative, latent_image, seed, steps, switch_sigma, cfg_slow,
                 cfg_fast, sampler_name, scheduler, denoise=1.0, sigmas=None) -> io.NodeOutput:
-        _check_inputs(steps, switch_sigma, cfg_slow, cfg_fast, latent_image, sigmas)
+        _check_phases(switch_sigma, cfg_slow, cfg_fast)
+        _check_run(steps, latent_image, sigmas)
         latent = fix_empty_latent(model_slow, latent_image)
         check_latent_fits(model_slow, latent, "model_slow")
         check_latent_fits(model_fast, latent, "model_fast")
@@ -134,23 +106,21 @@ class GlancePhaseGuider(io.ComfyNode):
                 "model_slow with cfg_slow, the rest on model_fast with cfg_fast, in one sampling pass."
             ),
             inputs=[
-                *_phase_models(),
-                *_cfg_inputs("CFG scale of the slow phase."),
-                _switch_input("Steps starting above this sigma use model_slow, the rest model_fast "
-                              "(connect Glance Sigmas' switch_sigma)."),
+                *phase_model_inputs(),
+                *phase_cfg_inputs("CFG scale of the slow phase."),
+                switch_sigma_input("Steps starting above this sigma use model_slow, the rest model_fast "
+                                   "(connect Glance Sigmas' switch_sigma)."),
             ],
             outputs=[io.Guider.Output(display_name="GUIDER", tooltip="Connect to SamplerCustomAdvanced's guider.")],
         )
 
     @classmethod
     def validate_inputs(cls, switch_sigma=None):
-        if switch_sigma is not None and (problem := switch_sigma_problem(switch_sigma)):
-            return problem
-        return True
+        return validate_inputs(switch_sigma)
 
     @classmethod
     def execute(cls, model_slow, model_fast, positive, negative, cfg_slow, cfg_fast, switch_sigma) -> io.NodeOutput:
-        _check_inputs(1, switch_sigma, cfg_slow, cfg_fast, {"samples": None}, None)
+        _check_phases(switch_sigma, cfg_slow, cfg_fast)
         guider = PhaseGuider(model_slow, model_fast, switch_sigma, cfg_slow, cfg_fast)
         guider.set_conds(positive, negative)
         return io.NodeOutput(guider)

@@ -1,19 +1,18 @@
-"""GlanceSigmas: the published Glance schedules, or a slow/fast split of the model's own scheduler."""
+"""GlanceSigmas: the published Glance schedules, a slow/fast split of the model's own scheduler, or a fitted one."""
 from __future__ import annotations
 
-import logging
-
 import comfy.samplers
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
-from ..schedules import files as schedule_files
-from ..sampling.schedule_fit import identity_differences, model_identity, schedule_from_record
-from ..schedules.presets import (PRESET_NAMES, PRESETS, SPLIT, SWITCH_SIGMA_MAX, preset_sigmas, split_sigmas,
-                        switch_sigma_problem, validate_switch_sigma)
-from .common.previews import plot_sigmas
+from ..schedules.files import FOLDER, SUFFIX, load_schedule
+from ..schedules.presets import PRESET_NAMES, PRESETS, SPLIT, preset_sigmas, split_sigmas
+from ..schedules.records import model_identity
+from ..schedules.switch import validate_switch_sigma
+from .common.folders import list_schedules, schedule_file
+from .common.inputs import scheduler_input, switch_sigma_input, validate_inputs
+from .common.previews import plot_sigmas, with_preview
 
 DENSE_STEPS = 1000
-log = logging.getLogger("comfyui-glance")
 
 
 class GlanceSigmas(io.ComfyNode):
@@ -31,17 +30,15 @@ class GlanceSigmas(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model whose sampling (shift) and scheduler define the split schedule."),
-                io.Combo.Input("preset", options=[*PRESET_NAMES, *schedule_files.list_schedules()], default=PRESET_NAMES[0],
+                io.Combo.Input("preset", options=[*PRESET_NAMES, *list_schedules()], default=PRESET_NAMES[0],
                                tooltip="A published Glance schedule, a split of the model's own scheduler, or a schedule "
                                        "fitted to a model by Glance Fit Schedule (.json, from models/glance_schedules)."),
                 io.Int.Input("steps_slow", default=5, min=1, max=1000,
                              tooltip="Split mode: dense steps above switch_sigma (semantics)."),
                 io.Int.Input("steps_fast", default=5, min=1, max=1000,
                              tooltip="Split mode: large steps below switch_sigma (detail)."),
-                io.Float.Input("switch_sigma", default=0.9, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
-                               tooltip="Split mode: the sigma where the slow phase ends. Presets bring their own."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
-                               tooltip="Split mode: the scheduler whose curve the steps follow."),
+                switch_sigma_input("Split mode: the sigma where the slow phase ends. Presets bring their own."),
+                scheduler_input("Split mode: the scheduler whose curve the steps follow."),
             ],
             outputs=[
                 io.Sigmas.Output(display_name="SIGMAS", tooltip="Connect to Glance Phase KSampler's sigmas."),
@@ -52,14 +49,11 @@ class GlanceSigmas(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, switch_sigma=None, preset=None):
-        # Taking switch_sigma here turns off the host's min/max check for it: check the range here (NaN included).
-        if switch_sigma is not None and (problem := switch_sigma_problem(switch_sigma)):
-            return problem
         # The host does not check V3 combo values against their options: an unknown preset must still be a node error.
-        if preset is not None and preset not in PRESET_NAMES and preset not in schedule_files.list_schedules():
-            return (f"preset: '{preset}' is neither a built-in preset nor a schedule in models/{schedule_files.FOLDER}; "
-                    "fit one with Glance Fit Schedule (then refresh the page) or pick another preset.")
-        return True
+        unknown = preset is not None and preset not in PRESET_NAMES and preset not in list_schedules()
+        return validate_inputs(switch_sigma, unknown and (
+            f"preset: '{preset}' is neither a built-in preset nor a schedule in models/{FOLDER}; "
+            "fit one with Glance Fit Schedule (then refresh the page) or pick another preset."))
 
     @classmethod
     def execute(cls, model, preset, steps_slow, steps_fast, switch_sigma, scheduler) -> io.NodeOutput:
@@ -72,25 +66,11 @@ class GlanceSigmas(io.ComfyNode):
             dense = comfy.samplers.calculate_sigmas(model_sampling, scheduler, DENSE_STEPS)
             sigmas = split_sigmas(dense, switch, steps_slow, steps_fast)
             title = f"{scheduler}: {steps_slow} slow + {steps_fast} fast"
-        elif preset.lower().endswith(schedule_files.SUFFIX):
-            sigmas, switch = saved_schedule(model, preset)
+        elif preset.lower().endswith(SUFFIX):
+            sigmas, switch = load_schedule(schedule_file(preset), preset, model_identity(model))
             title = f"fitted: {preset}"
         else:
             raise ValueError(f"preset={preset!r} is unknown; choose one of {', '.join(PRESET_NAMES)}.")
         plot = plot_sigmas(sigmas, switch, title)
-        return io.NodeOutput(sigmas, switch, plot, ui=ui.PreviewImage(plot, cls=cls))
+        return with_preview(cls, sigmas, switch, plot, image=plot)
 
-
-def saved_schedule(model, name: str):
-    """(SIGMAS, switch sigma) of a saved schedule; a warning when it was fitted to a different model."""
-    record = schedule_files.load(name)
-    try:
-        sigmas, switch = schedule_from_record(record)
-    except ValueError as e:
-        raise ValueError(f"preset: '{name}' in models/{schedule_files.FOLDER} is not usable: {e}. Fit it again with "
-                         "Glance Fit Schedule.") from None
-    differences = identity_differences(record.get("model") or {}, model_identity(model))
-    if differences:
-        log.warning("Glance Sigmas: schedule '%s' was fitted to another model (%s); it may sample worse here than on "
-                    "the model it was fitted to.", name, "; ".join(differences))
-    return sigmas, switch

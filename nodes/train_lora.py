@@ -1,24 +1,19 @@
 """GlanceTrainLoRA: train a Slow- or Fast-LoRA from one image and its caption, save it into models/loras.
 
-The node maps its inputs and shows progress and the loss curve; the job itself (defaults, checks, encode, the loop,
-the file) is training/job.py.
+The node maps its inputs and shows progress and the loss curve; the job itself (defaults, checks, encode, the run,
+the file) is ``training/job.py``.
 """
 from __future__ import annotations
 
-import logging
-from pathlib import Path
+from comfy_api.latest import io
 
-import comfy.utils
-import folder_paths
-from comfy_api.latest import io, ui
-
-from ..training import job
-from .common.previews import plot_loss
-from ..training.recipes import PHASES
 from ..sampling.lora_patches import lora_patches
-
-log = logging.getLogger(__name__)
-AUTO = job.AUTO
+from ..training.job import TrainInputs, train_job
+from ..training.recipes import TRAIN_PHASES
+from .common.folders import loras_dir
+from .common.inputs import AUTO, gradient_checkpointing_input, rank_input, seed_input
+from .common.previews import plot_loss, with_preview
+from .common.progress import NodeProgress
 
 
 class GlanceTrainLoRA(io.ComfyNode):
@@ -39,24 +34,20 @@ class GlanceTrainLoRA(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The model's VAE; the image is encoded once."),
                 io.Image.Input("image", tooltip="ONE training image (RGB; grayscale is repeated to RGB, alpha dropped)."),
                 io.Conditioning.Input("positive", tooltip="The image's caption, encoded with the model's text encoder."),
-                io.Combo.Input("phase", options=list(PHASES), default="slow",
+                io.Combo.Input("phase", options=list(TRAIN_PHASES), default="slow",
                                tooltip="slow: the paper's 5 early timesteps; fast: its 5 late ones; custom: the 'timesteps' below."),
                 io.String.Input("timesteps", default="", multiline=False,
                                 tooltip="custom phase only: comma-separated t in (0, 1000], t = 1000 * sigma (shift already applied)."),
-                io.Int.Input("rank", default=AUTO, min=AUTO, max=512,
-                             tooltip="LoRA rank; -1: the architecture's default (Qwen-Image 32, FLUX/SD3 16)."),
+                rank_input(),
                 io.Float.Input("alpha", default=AUTO, min=AUTO, max=4096.0, step=1.0,
                                tooltip="LoRA alpha (scale alpha/rank, saved in the file); -1: default (Qwen-Image 128, FLUX/SD3 64)."),
                 io.Float.Input("learning_rate", default=AUTO, min=AUTO, max=1.0, step=0.00001, round=0.0000001,
                                tooltip="AdamW learning rate, constant; -1: default (Qwen-Image 3e-4, FLUX/SD3 5e-4)."),
                 io.Int.Input("steps", default=AUTO, min=AUTO, max=100000, tooltip="Optimiser steps; -1: the paper's 60."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                             tooltip="Seeds LoRA init, timestep choice, noise and caption dropout: same seed, same LoRA."),
+                seed_input("Seeds LoRA init, timestep choice, noise and caption dropout: same seed, same LoRA."),
                 io.Float.Input("caption_dropout", default=0.1, min=0.0, max=1.0, step=0.01,
                                tooltip="Chance per step to train with an all-zero caption (paper: 0.1)."),
-                io.Boolean.Input("gradient_checkpointing", default=True,
-                                 tooltip="Recompute each block's activations in the backward pass: much less memory, somewhat slower. "
-                                         "FLUX always uses it (its blocks update tensors in place)."),
+                gradient_checkpointing_input(),
                 io.String.Input("save_name", default="glance/glance_slow_lora",
                                 tooltip="File name inside models/loras (subfolders allowed, .safetensors added); never overwrites."),
                 io.Int.Input("resolution", default=1024, min=64, max=4096, step=32,
@@ -74,22 +65,13 @@ class GlanceTrainLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, image, positive, phase, timesteps, rank, alpha, learning_rate, steps, seed,
                 caption_dropout, gradient_checkpointing, save_name, resolution=1024) -> io.NodeOutput:
-        inputs = job.TrainInputs(phase=phase, timesteps=timesteps, rank=rank, alpha=alpha, learning_rate=learning_rate,
-                                 steps=steps, seed=seed, caption_dropout=caption_dropout,
-                                 gradient_checkpointing=gradient_checkpointing, save_name=save_name, resolution=resolution)
-        bar = None
-
-        def on_step(step, loss, sigma, total):
-            nonlocal bar
-            if bar is None:
-                bar = comfy.utils.ProgressBar(total, node_id=cls.hidden.unique_id if cls.hidden else None)
-            bar.update_absolute(step + 1, total)
-            if step == 0 or (step + 1) % 10 == 0 or step + 1 == total:
-                log.info("Glance trainer: step %d/%d  loss %.5f  sigma %.4f", step + 1, total, loss, sigma)
-
-        loras_dir = Path(folder_paths.get_folder_paths("loras")[0])
-        outcome = job.run(model, vae, image, positive, inputs, loras_dir, on_step)
+        inputs = TrainInputs(phase=phase, timesteps=timesteps, rank=rank, alpha=alpha, learning_rate=learning_rate,
+                             steps=steps, seed=seed, caption_dropout=caption_dropout,
+                             gradient_checkpointing=gradient_checkpointing, save_name=save_name, resolution=resolution)
+        progress = NodeProgress(cls)
+        outcome = train_job(model, vae, image, positive, inputs, loras_dir(),
+                            lambda step, loss, sigma, total: progress(step + 1, total))
         patched = model.clone()
         patched.add_patches(lora_patches(model, outcome.lora, f"trained LoRA '{outcome.file_name}'"), 1.0)
         plot = plot_loss(outcome.result.losses, f"{outcome.recipe.arch} {outcome.phase}-LoRA loss")
-        return io.NodeOutput(patched, outcome.file_name, plot, ui=ui.PreviewImage(plot, cls=cls))
+        return with_preview(cls, patched, outcome.file_name, plot, image=plot)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import comfy.lora
 import comfy.lora_convert
 import comfy.utils
-import folder_paths
 
 # Suffixes of the "down" (A) matrix in the LoRA key styles the host's loader reads: one per adapted module.
 _DOWN_SUFFIXES = (".lora_down.weight", "_lora.down.weight", ".lora_A.weight", ".lora.down.weight", ".lora_A",
@@ -32,18 +31,7 @@ def lora_patches(model, lora_sd: dict, source: str) -> dict:
     return patches
 
 
-def resolve_lora_path(input_name: str, file_name: str) -> str:
-    path = folder_paths.get_full_path("loras", file_name)
-    if path is None:
-        raise FileNotFoundError(
-            f"{input_name}: '{file_name}' is not in models/loras. Put the file there (subfolders are fine) and "
-            "refresh the node, or pick one from the list."
-        )
-    return path
-
-
-def lora_file_patches(model, input_name: str, file_name: str) -> dict:
-    """The host's patches for a LoRA file in models/loras, checked against ``model``."""
-    path = resolve_lora_path(input_name, file_name)
-    lora_sd = comfy.utils.load_torch_file(path, safe_load=True)
-    return lora_patches(model, lora_sd, f"{input_name} '{file_name}'")
+def lora_file_patches(model, path, source: str) -> dict:
+    """The host's patches for the LoRA file at ``path``, checked against ``model`` (``source`` names it in errors)."""
+    lora_sd = comfy.utils.load_torch_file(str(path), safe_load=True)
+    return lora_patches(model, lora_sd, source)

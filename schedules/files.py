@@ -1,60 +1,29 @@
-"""Saved schedules: small JSON files in ``models/glance_schedules`` (a models folder registered with the host).
+"""Saved schedules: small JSON files (records: ``schedules/records.py``) in a folder the node modules name
+(``models/glance_schedules``, registered with the host by the entry point: ``nodes/common/folders.py``).
 
 Names are relative to the folder (subfolders allowed, ``.json`` added); names that would leave it are refused.
-Files are written whole (a temporary file renamed into place); a later fit under the same name replaces it.
+Files are written whole (``atomic_file.py``); a later fit under the same name replaces it.
 """
 from __future__ import annotations
 
 import json
-import os
+import logging
 import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
-
-import folder_paths
+from pathlib import Path
 
 from .atomic_file import write_atomic
+from .records import identity_differences, schedule_from_record
+from .save_path import resolve_save_name
+
+log = logging.getLogger("comfyui-glance")
 
 FOLDER = "glance_schedules"
 SUFFIX = ".json"
 
 
-def register_folder() -> None:
-    """``models/glance_schedules`` for ``.json`` files (extra_model_paths.yaml may add more folders)."""
-    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER), is_default=True)
-    _paths, extensions = folder_paths.folder_names_and_paths[FOLDER]
-    if isinstance(extensions, set):
-        extensions.add(SUFFIX)
-
-
-register_folder()
-
-
-def schedules_dir() -> Path:
-    return Path(folder_paths.get_folder_paths(FOLDER)[0])
-
-
-def list_schedules() -> list[str]:
-    return [n for n in folder_paths.get_filename_list(FOLDER) if n.lower().endswith(SUFFIX)]
-
-
-def resolve_save_path(save_name: str, input_name: str = "save_name") -> tuple[str, Path]:
-    """(relative name with .json, absolute path inside models/glance_schedules); refuses names that escape it."""
-    raw = (save_name or "").strip()
-    name = raw.replace("\\", "/")
-    where = f"models/{FOLDER}"
-    if not name or name.endswith("/"):
-        raise ValueError(f"{input_name}: give a file name, e.g. 'my_model_10_steps'.")
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(raw).is_absolute() or re.match(r"^[A-Za-z]:", name):
-        raise ValueError(f"{input_name}: '{save_name}' is an absolute path; give a name relative to {where}.")
-    if any(p in ("..", ".") for p in PurePosixPath(name).parts):
-        raise ValueError(f"{input_name}: '{save_name}' contains '..' or '.'; the file must stay inside {where}.")
-    if not name.lower().endswith(SUFFIX):
-        name += SUFFIX
-    root = schedules_dir().resolve()
-    path = (root / name).resolve()
-    if root not in path.parents:
-        raise ValueError(f"{input_name}: '{save_name}' resolves outside {where}.")
-    return name, path
+def resolve_save_path(save_name: str, root: Path) -> tuple[str, Path]:
+    """(relative name with .json, absolute path inside ``root``, the schedules folder); refuses names that escape it."""
+    return resolve_save_name(save_name, root, SUFFIX, f"models/{FOLDER}", "my_model_10_steps")
 
 
 def auto_name(model_class: str, fingerprint: str | None, width: int, height: int, cfg: float, steps_slow: int,
@@ -71,13 +40,26 @@ def save(record: dict, path: Path) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
 
 
-def load(name: str, input_name: str = "preset") -> dict:
-    path = folder_paths.get_full_path(FOLDER, name)
-    if path is None:
-        raise FileNotFoundError(f"{input_name}: '{name}' is not in models/{FOLDER}; fit one with Glance Fit Schedule "
-                                "(or put the file there) and refresh the page.")
+def load(path: Path, name: str, input_name: str = "preset") -> dict:
+    """The JSON of the schedule file ``name`` at ``path``; a clear error naming ``input_name`` when it cannot be read."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{input_name}: '{name}' cannot be read as a schedule file ({e}).") from None
+
+
+def load_schedule(path: Path, name: str, identity: dict) -> tuple:
+    """(SIGMAS, switch sigma) of the schedule file ``name`` at ``path``; a warning when it was fitted to a model other
+    than the one ``identity`` (``records.model_identity``) describes."""
+    record = load(path, name)
+    try:
+        sigmas, switch = schedule_from_record(record)
+    except ValueError as e:
+        raise ValueError(f"preset: '{name}' in models/{FOLDER} is not usable: {e}. Fit it again with "
+                         "Glance Fit Schedule.") from None
+    differences = identity_differences(record.get("model") or {}, identity)
+    if differences:
+        log.warning("Glance Sigmas: schedule '%s' was fitted to another model (%s); it may sample worse here than on "
+                    "the model it was fitted to.", name, "; ".join(differences))
+    return sigmas, switch

@@ -1,12 +1,12 @@
 """Sigma schedules for Glance: the published presets and split schedules built from a model's own scheduler."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from .paper_timesteps import FLUX_DEV, QWEN_IMAGE
+from .switch import switch_between
 
 
 @dataclass(frozen=True)
@@ -14,23 +14,20 @@ class Preset:
     name: str
     sigmas: tuple[float, ...]
     steps_slow: int
-    description: str
 
     @property
     def switch_sigma(self) -> float:
         """Midway between the last slow-step sigma and the first fast-step sigma."""
-        return round((self.sigmas[self.steps_slow - 1] + self.sigmas[self.steps_slow]) / 2, 6)
+        return round(switch_between(self.sigmas, self.steps_slow), 6)
 
 
 # The paper's training timesteps as a consistent schedule (t = 1000 * sigma), 5 slow + 5 fast steps: one table
-# (training/paper_timesteps.py) serves these presets and the trainer's phases.
+# (schedules/paper_timesteps.py) serves these presets and the trainer's phases.
 PRESETS = {
     p.name: p
     for p in (
-        Preset("qwen_image_glance", QWEN_IMAGE.sigmas(), len(QWEN_IMAGE.slow),
-               "Qwen-Image Glance: 5 slow + 5 fast steps at the paper's timesteps (mu 0.6935, shift_terminal 0.02)."),
-        Preset("flux_dev_glance", FLUX_DEV.sigmas(), len(FLUX_DEV.slow),
-               "FLUX.1-dev Glance: 5 slow + 5 fast steps at the paper's timesteps (mu 1.15)."),
+        Preset("qwen_image_glance", QWEN_IMAGE.sigmas(), len(QWEN_IMAGE.slow)),  # mu 0.6935, shift_terminal 0.02
+        Preset("flux_dev_glance", FLUX_DEV.sigmas(), len(FLUX_DEV.slow)),  # mu 1.15
     )
 }
 SPLIT = "split_from_model_scheduler"
@@ -76,31 +73,3 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     w = torch.where(x1 > x0, (x - x0) / (x1 - x0), torch.zeros_like(x))
     return y0 + w * (y1 - y0)
 
-
-SWITCH_SIGMA_MAX = 1000.0
-
-
-def switch_sigma_problem(switch_sigma, name: str = "switch_sigma") -> str | None:
-    """Why ``switch_sigma`` is unusable (NaN, negative, too large), or None."""
-    if switch_sigma is None or not math.isfinite(switch_sigma) or switch_sigma < 0:
-        return (f"{name}={switch_sigma!r} is not a valid sigma: use a finite value >= 0 "
-                "(flow models run from sigma 1 to 0; the Glance presets switch near 0.9).")
-    if switch_sigma > SWITCH_SIGMA_MAX:
-        return f"{name}={switch_sigma!r} is above {SWITCH_SIGMA_MAX:g}; flow models run from sigma 1 to 0."
-    return None
-
-
-def validate_switch_sigma(switch_sigma: float, name: str = "switch_sigma") -> float:
-    problem = switch_sigma_problem(switch_sigma, name)
-    if problem:
-        raise ValueError(problem)
-    return float(switch_sigma)
-
-
-def first_fast_step(sigmas: torch.Tensor, switch_sigma: float) -> int:
-    """Index of the first step whose starting sigma is at or below ``switch_sigma`` (== steps if none)."""
-    steps = len(sigmas) - 1
-    for k in range(steps):
-        if float(sigmas[k]) <= switch_sigma:
-            return k
-    return steps

@@ -1,7 +1,8 @@
-"""One training job, start to end: defaults, validation, the image's latent, the loop, the saved file.
+"""The two training jobs, start to end: the trainer's (one image) and the distiller's (prompts only).
 
-Everything is checked before anything is loaded or trained; the file is written only after the last step (an
-error or an interrupt saves nothing). Errors name the input to change.
+Each job takes the node's inputs as they are (-1 = ``AUTO``: the architecture's default), checks everything before
+anything is loaded or trained, runs, and writes its files only after the last step (an error or an interrupt saves
+nothing). Errors name the input to change. The node modules resolve the models folders and hand in plain paths.
 """
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from typing import Callable
 
 import torch
 
+from ..sampling.schedule_fit import fine_schedule
+from ..schedules.records import latent_resolution
+from ..schedules.switch import EXPERTS, validate_switch_sigma
 from .data import check_conditioning, encode_latent, prepare_image
+from .distill import DistillResult, check_settings, distill_experts, expert_metadata
 from .lora_file import build_metadata, comfy_lora_state_dict, resolve_save_path, save_atomic
-from .loop import TrainResult, TrainSettings, train_lora
-from .recipes import PHASES, Recipe, detect_recipe, phase_timesteps, timesteps_to_sigmas
+from .recipes import TRAIN_PHASES, Recipe, detect_recipe, phase_timesteps, timesteps_to_sigmas
+from .settings import AUTO, DistillSettings, TrainSettings
+from .trainer import TrainResult, train_lora
 
-log = logging.getLogger(__name__)
-AUTO = -1  # "the architecture's default" for rank, alpha, learning_rate and steps
+log = logging.getLogger("comfyui-glance")
 
 
 @dataclass(frozen=True)
@@ -54,53 +59,142 @@ def pick(value, default, name: str):
     return value
 
 
-def run(model, vae, image, positive, inputs: TrainInputs, loras_dir: Path,
-        on_step: Callable[[int, float, float, int], None] | None = None) -> TrainOutcome:
-    """Train and save one LoRA for ``model`` from ``image`` and its caption ``positive``."""
-    recipe = detect_recipe(model)
+def train_settings(model, recipe: Recipe, inputs: TrainInputs) -> tuple[TrainSettings, tuple[float, ...]]:
+    """The run's settings from the node's inputs, checked, and the phase's timesteps (as sigmas of this model in the
+    settings)."""
     rank = int(pick(inputs.rank, recipe.rank, "rank"))
     alpha = float(pick(inputs.alpha, recipe.alpha, "alpha"))
     learning_rate = float(pick(inputs.learning_rate, recipe.learning_rate, "learning_rate"))
     steps = int(pick(inputs.steps, recipe.steps, "steps"))
     if not 0.0 <= inputs.caption_dropout <= 1.0:
         raise ValueError(f"caption_dropout: {inputs.caption_dropout} is not a probability; use 0..1 (paper: 0.1).")
-    if inputs.phase not in PHASES:
-        raise ValueError(f"phase: '{inputs.phase}' is not one of {PHASES}.")
-    file_name, path = resolve_save_path(inputs.save_name, loras_dir)
+    if inputs.phase not in TRAIN_PHASES:
+        raise ValueError(f"phase: '{inputs.phase}' is not one of {TRAIN_PHASES}.")
     model_sampling = model.get_model_object("model_sampling")
     ts = phase_timesteps(recipe, model_sampling, inputs.phase, inputs.timesteps)
-    sigmas = timesteps_to_sigmas(ts, model_sampling)
-    check_conditioning(positive, model, recipe)
-
-    checkpointing = inputs.gradient_checkpointing
-    if recipe.inplace_blocks and not checkpointing:
+    if recipe.inplace_blocks and not inputs.gradient_checkpointing:
         log.warning("Glance trainer: %s blocks update tensors in place, which autograd can only differentiate "
                     "with gradient checkpointing; it was turned on.", recipe.arch)
-        checkpointing = True
+    return TrainSettings.for_recipe(
+        recipe, sigmas=timesteps_to_sigmas(ts, model_sampling), rank=rank, alpha=alpha, learning_rate=learning_rate,
+        steps=steps, seed=inputs.seed, caption_dropout=inputs.caption_dropout,
+        gradient_checkpointing=inputs.gradient_checkpointing), ts
+
+
+def _logged(on_step):
+    """``on_step`` of the trainer, with a log line at the first, every 10th and the last step."""
+    def report(step: int, loss: float, sigma: float, total: int) -> None:
+        if step == 0 or (step + 1) % 10 == 0 or step + 1 == total:
+            log.info("Glance trainer: step %d/%d  loss %.5f  sigma %.4f", step + 1, total, loss, sigma)
+        if on_step is not None:
+            on_step(step, loss, sigma, total)
+    return report
+
+
+def train_job(model, vae, image, positive, inputs: TrainInputs, loras_dir: Path,
+              on_step: Callable[[int, float, float, int], None] | None = None) -> TrainOutcome:
+    """Train and save one LoRA for ``model`` from ``image`` and its caption ``positive``."""
+    recipe = detect_recipe(model)
+    settings, ts = train_settings(model, recipe, inputs)
+    file_name, path = resolve_save_path(inputs.save_name, loras_dir)
+    check_conditioning(positive, model, recipe)
     with torch.no_grad():
         pixels = prepare_image(image, inputs.resolution, recipe.multiple)
         latent = encode_latent(vae, pixels, model)
     if recipe.guidance is not None:
         positive = [[c, {**extras, "guidance": recipe.guidance}] for c, extras in positive]
-
-    settings = TrainSettings(
-        sigmas=sigmas, target_modules=recipe.target_modules, rank=rank, alpha=alpha, learning_rate=learning_rate,
-        steps=steps, seed=inputs.seed, caption_dropout=inputs.caption_dropout, gradient_checkpointing=checkpointing,
-        block_lists=recipe.block_lists, weight_decay=recipe.weight_decay,
-        activation_per_token=dict(recipe.activation_per_token), width_module=recipe.context_module,
-    )
-    log.info("Glance trainer: %s, phase %s, t=%s, %dx%d px, rank %d alpha %g lr %g, %d steps", recipe.arch,
-             inputs.phase, list(ts), pixels.shape[2], pixels.shape[1], rank, alpha, learning_rate, steps)
-    result = train_lora(model, latent, positive, settings, recipe.arch, on_step)
-
-    lora_sd = comfy_lora_state_dict(result.adapters, alpha)
+    log.info("Glance trainer: %s, phase %s, t=%s, %dx%d px, rank %d alpha %g lr %g, %d steps", recipe.arch, inputs.phase,
+             list(ts), pixels.shape[2], pixels.shape[1], settings.rank, settings.alpha, settings.learning_rate, settings.steps)
+    result = train_lora(model, latent, positive, settings, recipe.arch, _logged(on_step))
+    lora_sd = comfy_lora_state_dict(result.adapters, settings.alpha)
     metadata = build_metadata(
-        base_model=recipe.arch, model_class=type(model.model).__name__, phase=inputs.phase, timesteps=list(ts),
-        sigmas=list(sigmas), rank=rank, alpha=alpha, steps=steps, learning_rate=learning_rate, seed=inputs.seed,
-        caption_dropout=inputs.caption_dropout, target_modules=list(recipe.target_modules),
-        resolution=[int(pixels.shape[2]), int(pixels.shape[1])], optimizer=result.optimizer,
-        precision=result.precision, final_loss=result.losses[-1] if result.losses else None,
-    )
+        base_model=recipe.arch, model_class=type(model.model).__name__, phase=inputs.phase,
+        timesteps=list(ts),
+        sigmas=list(settings.sigmas), rank=settings.rank, alpha=settings.alpha, steps=settings.steps,
+        learning_rate=settings.learning_rate, seed=inputs.seed, caption_dropout=inputs.caption_dropout,
+        target_modules=list(recipe.target_modules), resolution=[int(pixels.shape[2]), int(pixels.shape[1])],
+        optimizer=result.optimizer, precision=result.precision, final_loss=result.losses[-1] if result.losses else None)
     save_atomic(lora_sd, path, metadata)
     log.info("Glance trainer: saved %s (%d modules)", file_name, len(result.adapters))
     return TrainOutcome(file_name=file_name, lora=lora_sd, recipe=recipe, phase=inputs.phase, result=result)
+
+
+@dataclass(frozen=True)
+class DistillInputs:
+    sigmas: tuple[float, ...]  # the few-step schedule the experts will sample
+    switch_sigma: float
+    cfg: float = 5.0
+    cfg_fast: float = AUTO  # -1: same as cfg
+    rank: int = AUTO
+    learning_rate: float = 3e-5
+    steps: int = 200
+    rollouts: int = 16
+    seed: int = 0
+    save_name_slow: str = "glance/distilled_slow"
+    save_name_fast: str = "glance/distilled_fast"
+    fine_steps: int = 50
+    scheduler: str = "simple"
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class DistillOutcome:
+    file_names: dict[str, str]  # expert -> file name relative to the loras folder
+    loras: dict[str, dict[str, torch.Tensor]]  # expert -> the saved state dict (the host's key format)
+    recipe: Recipe
+    result: DistillResult
+
+
+def distill_settings(model, recipe: Recipe, inputs: DistillInputs) -> DistillSettings:
+    """The run's settings from the node's inputs, checked. FLUX's distilled guidance stays as the conditioning has
+    it: the experts learn the model as it is sampled."""
+    rank = recipe.rank if inputs.rank == AUTO else int(inputs.rank)
+    model_sampling = model.get_model_object("model_sampling")
+    settings = DistillSettings.for_recipe(
+        recipe, sigmas=tuple(inputs.sigmas), switch_sigma=validate_switch_sigma(inputs.switch_sigma),
+        teacher_sigmas=tuple(float(s) for s in fine_schedule(model_sampling, inputs.scheduler, int(inputs.fine_steps))),
+        cfg=float(inputs.cfg), cfg_fast=float(inputs.cfg if inputs.cfg_fast == AUTO else inputs.cfg_fast),
+        rollouts=int(inputs.rollouts), steps=int(inputs.steps), rank=rank,
+        alpha=float(rank) * recipe.alpha / recipe.rank,  # the recipe's scale alpha/rank
+        learning_rate=float(inputs.learning_rate), seed=int(inputs.seed),
+        gradient_checkpointing=inputs.gradient_checkpointing)
+    check_settings(settings)
+    return settings
+
+
+def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: DistillInputs, loras_dir: Path,
+                on_progress: Callable[[int, int], None] | None = None) -> DistillOutcome:
+    """Distil and save the slow and the fast expert of ``model`` (``prompts``: one conditioning per prompt;
+    ``latent``: one empty latent in the model's layout)."""
+    recipe = detect_recipe(model)
+    settings = distill_settings(model, recipe, inputs)
+    paths = {"slow": resolve_save_path(inputs.save_name_slow, loras_dir),
+             "fast": resolve_save_path(inputs.save_name_fast, loras_dir)}
+    if paths["slow"][1] == paths["fast"][1]:
+        raise ValueError(f"save_name_fast: '{paths['fast'][0]}' is the slow expert's name too; give the two experts "
+                         "different names.")
+    log.info("Glance distill: %s, %d prompt(s), %d rollouts, schedule %s (switch %.4f), cfg %g/%g, rank %d, lr %g, "
+             "%d steps per expert", recipe.arch, len(prompts), settings.rollouts, [round(s, 4) for s in settings.sigmas],
+             settings.switch_sigma, settings.cfg, settings.cfg_fast, settings.rank, settings.learning_rate, settings.steps)
+    if len(prompts) == 1:
+        log.info("Glance distill: one prompt; the experts specialise in it and may land slightly further from the "
+                 "model's fine run than the schedule alone on other prompts. For prompts in general, join several "
+                 "with Conditioning (Combine) and give about 100 steps per prompt.")
+    result = distill_experts(model, prompts, negative, latent, settings, recipe.arch, on_progress)
+    log.info("Glance distill: teacher %d model passes; loss slow %.5g -> %.5g, fast %.5g -> %.5g",
+             result.teacher_passes, *_first_last(result.losses["slow"]), *_first_last(result.losses["fast"]))
+    loras = {}
+    for expert in EXPERTS:
+        loras[expert] = comfy_lora_state_dict(result.adapters[expert], settings.alpha)
+        metadata = build_metadata(
+            base_model=recipe.arch, model_class=type(model.model).__name__, resolution=latent_resolution(latent),
+            optimizer=result.optimizer, precision=result.precision, final_loss=result.losses[expert][-1],
+            prompts=len(prompts), **expert_metadata(settings, expert))
+        save_atomic(loras[expert], paths[expert][1], metadata)
+    log.info("Glance distill: saved %s and %s", paths["slow"][0], paths["fast"][0])
+    return DistillOutcome(file_names={e: paths[e][0] for e in EXPERTS}, loras=loras, recipe=recipe, result=result)
+
+
+def _first_last(values: list[float]) -> tuple[float, float]:
+    window = max(1, len(values) // 10)
+    return sum(values[:window]) / window, sum(values[-window:]) / window

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import safetensors.torch
 import torch
 
 from ..schedules.atomic_file import write_atomic
+from ..schedules.save_path import resolve_save_name
 
 PREFIX = "diffusion_model."
 SUFFIX = ".safetensors"
@@ -27,21 +28,8 @@ def pack_version() -> str:
 
 def resolve_save_path(save_name: str, loras_dir: Path) -> tuple[str, Path]:
     """(relative name with .safetensors, absolute path inside ``loras_dir``, the host's models/loras); refuses escapes
-    and existing files."""
-    name = (save_name or "").strip().replace("\\", "/")
-    if not name or name.endswith("/"):
-        raise ValueError("save_name: give a file name, e.g. 'glance/my_slow_lora'.")
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(save_name.strip()).is_absolute() or re.match(r"^[A-Za-z]:", name):
-        raise ValueError(f"save_name: '{save_name}' is an absolute path; give a name relative to models/loras.")
-    parts = PurePosixPath(name).parts
-    if any(p in ("..", ".") for p in parts):
-        raise ValueError(f"save_name: '{save_name}' contains '..' or '.'; the file must stay inside models/loras.")
-    if not name.endswith(SUFFIX):
-        name += SUFFIX
-    root = Path(loras_dir).resolve()
-    path = (root / name).resolve()
-    if root not in path.parents:
-        raise ValueError(f"save_name: '{save_name}' resolves outside models/loras.")
+    (``schedules/save_path.py``) and existing files."""
+    name, path = resolve_save_name(save_name, loras_dir, SUFFIX, "models/loras", "glance/my_slow_lora")
     if path.exists():
         raise FileExistsError(
             f"save_name: '{name}' already exists in models/loras; pick another name or delete the old file first."

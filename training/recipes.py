@@ -14,7 +14,7 @@ import comfy.samplers
 
 from ..schedules.paper_timesteps import FAST_STEPS, FLUX_DEV, QWEN_IMAGE, SCHEDULE_STEPS, SLOW_STEPS
 
-PHASES = ("slow", "fast", "custom")
+TRAIN_PHASES = ("slow", "fast", "custom")  # what GlanceTrainLoRA can train
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def phase_timesteps(recipe: Recipe, model_sampling, phase: str, custom: str = ""
     if phase == "custom":
         return parse_timesteps(custom)
     if phase not in ("slow", "fast"):
-        raise ValueError(f"phase: '{phase}' is not one of {PHASES}.")
+        raise ValueError(f"phase: '{phase}' is not one of {TRAIN_PHASES}.")
     table = recipe.slow_t if phase == "slow" else recipe.fast_t
     if table is not None:
         return table

@@ -1,12 +1,96 @@
-"""Input checks the sampling and training nodes share: latents a model can sample, prompts that can drive it."""
+"""What the node modules share about their inputs: the declarations used by several nodes, and the input checks.
+
+Declarations here keep each input's name, default, range and tooltip in one place; each node lists them in its own
+order (input names and their order are a public contract). ``AUTO`` (-1) is "the architecture's default" for the
+trainers' numbers; the fit's switch_sigma uses ``AUTO_SWITCH`` (0.0) instead, because its widget's range starts at 0
+and a switch at sigma 0 would mean no fast step.
+"""
 from __future__ import annotations
 
+import math
+
+import comfy.samplers
 import torch
+from comfy_api.latest import io
 
 from ...host_compat import fix_empty_latent
+from ...sampling.teacher import split_prompts
+from ...schedules.switch import SWITCH_SIGMA_MAX, switch_sigma_problem
 from ...training.data import check_conditioning
 from ...training.recipes import detect_recipe
-from ...sampling.teacher import split_prompts
+from ...training.settings import AUTO
+
+AUTO_SWITCH = 0.0
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+# --- declarations ---------------------------------------------------------------------------------------------
+
+def phase_model_inputs() -> list:
+    """The inputs both phase nodes share, in the order both show them: the two models and the prompts."""
+    return [
+        io.Model.Input("model_slow", tooltip="Model for the early, high-noise steps (e.g. base + Glance Slow-LoRA)."),
+        io.Model.Input("model_fast", tooltip="Model for the late, low-noise steps (e.g. base + Glance Fast-LoRA)."),
+        io.Conditioning.Input("positive", tooltip="What the image should show."),
+        io.Conditioning.Input("negative", tooltip="What to steer away from; unused in a phase whose cfg is 1.0."),
+    ]
+
+
+def switch_sigma_input(tooltip: str, default: float = 0.9, optional: bool = False):
+    return io.Float.Input("switch_sigma", default=default, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
+                          optional=optional, tooltip=tooltip)
+
+
+def cfg_input(name: str, tooltip: str, default: float = 5.0, low: float = 0.0, optional: bool = False):
+    return io.Float.Input(name, default=default, min=low, max=100.0, step=0.1, round=0.01, optional=optional,
+                          tooltip=tooltip)
+
+
+def phase_cfg_inputs(slow_tip: str) -> list:
+    return [cfg_input("cfg_slow", slow_tip),
+            cfg_input("cfg_fast", "CFG scale of the fast phase; 1.0 skips the negative pass (half the cost per step).",
+                      default=1.0)]
+
+
+def seed_input(tooltip: str, control_after_generate: bool | None = None):
+    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=control_after_generate,
+                        tooltip=tooltip)
+
+
+def scheduler_input(tooltip: str, optional: bool = False):
+    return io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple", optional=optional,
+                          tooltip=tooltip)
+
+
+def size_latent_input():
+    return io.Latent.Input("latent_image", tooltip="An empty latent of the size you generate at (only its size is used).")
+
+
+def rank_input():
+    return io.Int.Input("rank", default=AUTO, min=AUTO, max=512,
+                        tooltip="LoRA rank; -1: the architecture's default (Qwen-Image 32, FLUX/SD3 16).")
+
+
+def gradient_checkpointing_input(optional: bool = False):
+    return io.Boolean.Input("gradient_checkpointing", default=True, optional=optional,
+                            tooltip="Recompute each block's activations in the backward pass: much less memory, somewhat "
+                                    "slower. FLUX always uses it (its blocks update tensors in place).")
+
+
+# --- checks ---------------------------------------------------------------------------------------------------
+
+def validate_inputs(switch_sigma=None, *problems: str | None) -> bool | str:
+    """The body of every node's ``validate_inputs``: switch_sigma's range (NaN included; taking an input there turns
+    off the host's own min/max check for it; a linked input arrives as None and is checked in execute), then the
+    node's own ``problems`` (None where there is none). True, or the first problem."""
+    if switch_sigma is not None and (problem := switch_sigma_problem(switch_sigma)):
+        return problem
+    return next((p for p in problems if p), True)
+
+
+def check_cfg(name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} is not a number: use a finite CFG scale (1.0 turns CFG off for that phase).")
 
 
 def check_latent_fits(model, latent_image, name: str) -> None:
@@ -47,8 +131,3 @@ def single_empty_latent(model, latent_image) -> torch.Tensor:
     latent = fix_empty_latent(model, latent_image)
     check_latent_fits(model, latent, "model")
     return torch.zeros_like(latent[:1])
-
-
-def latent_resolution(latent: torch.Tensor) -> list[int]:
-    """[width, height] in pixels (latents are 1/8 of the image on every supported model)."""
-    return [int(latent.shape[-1]) * 8, int(latent.shape[-2]) * 8]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from comfy_api.latest import io, ui
 from PIL import Image, ImageDraw
 
 SLOW_COLOR = (70, 130, 230)
@@ -88,3 +89,8 @@ def plot_loss(losses: list[float], title: str = "", size=(512, 320), window: int
         draw.text((w - right - 60, h - bottom + 8), f"step {len(values)}", fill=(170, 170, 180))
         draw.text((w // 2 - 40, h - bottom + 8), f"mean of last {window}", fill=MEAN_COLOR)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+
+
+def with_preview(node_cls, *outputs, image: torch.Tensor) -> io.NodeOutput:
+    """The node's outputs, with ``image`` (one of them) also previewed on the node."""
+    return io.NodeOutput(*outputs, ui=ui.PreviewImage(image, cls=node_cls))
