@@ -12,8 +12,6 @@ import comfy.model_management
 import comfy.sample
 import torch
 
-OLDEST_SUPPORTED = "0.3.64"
-
 
 def host_version() -> str:
     try:

@@ -1,8 +1,8 @@
 """The pack's one atomic file writer: a file appears whole under its name or not at all (standard library only).
 
-Used by the LoRA files (training/lora_file.py), saved schedules (nodes/schedule_files.py), the demo model kit
-(cli/model_kit.py, cli/emoji_data.py), the kit builders (benchmarks/repro) and the HTTP client's
-downloads (cli/client.py).
+Used by the LoRA files (training/lora_file.py), saved schedules (schedules/files.py), and, as a client that imports
+``schedules`` without the host, the demo model kit (cli/model_kit.py, cli/emoji_data.py) and the kit builders
+(benchmarks/repro).
 """
 from __future__ import annotations
 

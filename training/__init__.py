@@ -1,7 +1,9 @@
-"""One-image LoRA training for Glance (Slow-LoRA / Fast-LoRA).
+"""LoRA training for Glance: the one-image trainer (Slow-LoRA / Fast-LoRA) and the expert distiller.
 
-job (one run start to end) -> recipes (per-architecture defaults; paper_timesteps: the paper's table), data (image,
-latent, caption checks), loop (the training loop on the host's sampling path) with adapters (LoRA terms, frozen
-base), precision (autocast / loss scaling) and memory (what a run needs on its device); lora_file (the saved file)
-and loss_plot (the loss curve).
+job (each node's one call: defaults, checks, the run, the files) -> trainer (flow-matching on one image) and distill
+(experts from the model's own rollouts, sampling/teacher.py), both in one run session (session: the plan, the full
+load, the run inside the host's sampling, the NaN check, adapters to the CPU) with one settings type (settings);
+below them adapters (LoRA terms, frozen base), blocks (checkpointing), optim, precision, memory; recipes
+(per-architecture defaults; the paper's table is schedules/paper_timesteps.py), data (image, latent, caption checks)
+and lora_file (the saved file).
 """

@@ -6,7 +6,7 @@ import logging
 import comfy.utils
 import torch
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("comfyui-glance")
 
 
 def prepare_image(image: torch.Tensor, resolution: int, multiple: int) -> torch.Tensor:
