@@ -9,7 +9,9 @@ one server per GPU leaves the other GPUs' work to the other servers). The workfl
 glance_qwen_image (Glance Sigmas + Glance Phase KSampler, 10 steps, CFG 5) on the kit at 64x64, with the model
 wired straight to the sampler (the kit ships no Glance LoRAs). Each run is the command a user types, timed from
 start to exit, into a fresh output folder; server counts are interleaved (1 2 3 3 2 1 ...) so they see the same
-machine load. Prints jobs/s per count, the ratios to one server, and the load average.
+machine load. Prints jobs/s per count, the ratios to one server, how much of the wall time the servers spent in
+jobs (the host's own execution time: near 100% means no server ever waited for the client), the servers' CPU
+seconds per job (what fanning out costs per job, whatever else runs on the machine), and the load average.
 """
 from __future__ import annotations
 
@@ -82,6 +84,12 @@ def start_servers(n: int, work: Path, threads: int) -> list[ComfyServer]:
     return servers
 
 
+def cpu_seconds(server: ComfyServer) -> float:
+    """User + system CPU time of a server process so far (Linux /proc)."""
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=24, help="jobs per run (prompts x 3 seeds; default 24)")
@@ -102,6 +110,8 @@ def main(argv=None) -> int:
         for s in servers:  # warm-up: every server loads the kit once
             ComfyClient(s.url).run(apply_overrides(api, {"Prompt.text": "warm up"}), timeout=600)
         times: dict[int, list[float]] = {1: [], 2: [], 3: []}
+        busy: dict[int, list[float]] = {1: [], 2: [], 3: []}  # the servers' time in jobs / (wall time x servers)
+        cpu: dict[int, list[float]] = {1: [], 2: [], 3: []}  # the servers' CPU seconds per job
         order = [1, 2, 3, 3, 2, 1] * ((args.repeats + 1) // 2)
         order = order[:3 * args.repeats]
         for k, n in enumerate(order):
@@ -110,22 +120,29 @@ def main(argv=None) -> int:
                    "--servers", ",".join(s.url for s in servers[:n]), "--prompts", str(work / "prompts.txt"),
                    "--prompt-input", "Prompt.text", "--seeds", str(seeds), "--seed-input", "Glance Phase KSampler.seed",
                    "--first-seed", str(1000 * (k + 1)), "--out", str(out)]  # new seeds: the host's cache never answers
+            cpu_before = sum(cpu_seconds(s) for s in servers[:n])
             start = time.perf_counter()
             run = subprocess.run(cmd, capture_output=True, text=True)
             took = time.perf_counter() - start
+            cpu_used = sum(cpu_seconds(s) for s in servers[:n]) - cpu_before
             done = len((out / "manifest.jsonl").read_text().splitlines()) if (out / "manifest.jsonl").is_file() else 0
             if run.returncode != 0 or done != len(prompts) * seeds:
                 print(run.stdout, run.stderr, file=sys.stderr)
                 raise SystemExit(f"run {k} with {n} server(s) failed (exit {run.returncode}, {done} jobs done)")
             times[n].append(took)
-            print(f"{n} server(s): {done} jobs in {took:.2f} s ({done / took:.2f} jobs/s); load average "
+            rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+            busy[n].append(sum(r["seconds"] for r in rows) / (took * n))
+            cpu[n].append(cpu_used / done)
+            print(f"{n} server(s): {done} jobs in {took:.2f} s ({done / took:.2f} jobs/s), servers busy "
+                  f"{100 * busy[n][-1]:.0f}% of the time, {cpu[n][-1]:.3f} CPU s per job; load average "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
         jobs = len(prompts) * seeds
         rate = {n: jobs / statistics.median(t) for n, t in times.items()}
         print(f"\n{jobs} jobs a run, median of {args.repeats}, {args.threads} torch thread(s) per server, "
               f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end")
         for n in (1, 2, 3):
-            print(f"{n} server(s): {rate[n]:.2f} jobs/s, {rate[n] / rate[1]:.2f}x one server")
+            print(f"{n} server(s): {rate[n]:.2f} jobs/s, {rate[n] / rate[1]:.2f}x one server; servers busy "
+                  f"{100 * statistics.median(busy[n]):.0f}% of the time; {statistics.median(cpu[n]):.3f} CPU s per job")
     finally:
         for s in servers:
             s.stop()

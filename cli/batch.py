@@ -7,11 +7,11 @@
 Jobs are prompt x seed (one line of the prompts file a prompt, blank lines skipped; seeds 0..N-1 from
 ``--first-seed``). Each server keeps about two jobs queued, so it never waits for the client between jobs. A
 finished job's images are saved as ``OUT/<job>.png`` (``<job>_2.png``... when it saves several) and one JSON line
-goes to ``OUT/manifest.jsonl`` (job, prompt, seed, server, seconds, files) as it finishes; a rerun skips the jobs
-the manifest has. A server that stops answering (or loses a job, or fails one for a server reason: out of memory,
-interrupted there) is set aside and its jobs go to the others; a job that fails for its own reason (the host's
-node_errors, an error in the graph) is reported once with the host's message. Exit 0 only when every job is done.
-Standard library only, as ``client.py``.
+goes to ``OUT/manifest.jsonl`` (job, prompt, seed, server, seconds the host took, files) as it finishes; a rerun
+skips the jobs the manifest has. A server that stops answering (or loses a job, or fails one for a server reason:
+out of memory, interrupted there) is set aside and its jobs go to the others; a job that fails for its own reason
+(the host's node_errors, an error in the graph) is reported once with the host's message. Exit 0 only when every
+job is done. Standard library only, as ``client.py``.
 """
 from __future__ import annotations
 
@@ -234,7 +234,8 @@ class Batch:
                 raise ServerGone(reason)
             self._fail(server, item, cl.describe_failure(entry))
         elif status.get("completed"):
-            self._finish(server, item, self._save(server, job, entry), time.monotonic() - submitted)
+            seconds = cl.execution_seconds(entry)  # the host's own time for the job; else since it was queued
+            self._finish(server, item, self._save(server, job, entry), seconds or time.monotonic() - submitted)
 
     def run_server(self, server: Server) -> None:
         next_lost_check = time.monotonic() + LOST_CHECK_S
