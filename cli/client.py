@@ -51,6 +51,14 @@ class PromptError(RuntimeError):
         self.prompt_id = prompt_id  # set when the server queued the valid part of the workflow anyway
 
 
+class PromptTimeout(TimeoutError):
+    """A prompt did not finish within the time given (the server may still be running it)."""
+
+
+class NotComfyError(ConnectionError):
+    """The URL answers, but not as ComfyUI does (not JSON, or JSON without what ComfyUI sends)."""
+
+
 # --- overrides by title -------------------------------------------------------------------------------
 
 def find_node(prompt: dict, title: str) -> str:
@@ -73,11 +81,17 @@ def parse_value(text: str, current):
             return True
         if text.lower() in ("false", "0", "no", "off"):
             return False
-        raise ValueError(f"'{text}' is not a boolean (use true or false)")
+        raise ValueError(f"takes true or false, not '{text}'")
     if isinstance(current, int):
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"takes a whole number, not '{text}'") from None
     if isinstance(current, float):
-        return float(text)
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"takes a number, not '{text}'") from None
     if isinstance(current, str):
         return text
     try:
@@ -108,7 +122,11 @@ def apply_overrides(prompt: dict, overrides: dict | list, upload=None) -> dict:
         if isinstance(value, str) and value.startswith("@") and upload is not None:
             value = upload(Path(value[1:]))
         elif isinstance(value, str) and not isinstance(overrides, dict):
-            value = parse_value(value, current)
+            try:
+                value = parse_value(value, current)
+            except ValueError as e:
+                raise ValueError(f"'{key}={value}': input '{name}' of '{title}' {e}; "
+                                 f"e.g. \"{key}={json.dumps(current)}\" (its value in the workflow)") from None
         inputs[name] = value
     return prompt
 
@@ -216,11 +234,19 @@ class ComfyClient:
         with urllib.request.urlopen(req, timeout=timeout) as response:
             return response.read()
 
+    def _decode(self, method: str, path: str, raw: bytes, status: int = 200):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise NotComfyError(f"{self.url} answered {method} {path.split('?')[0]} (HTTP {status}) with something that is "
+                                f"not JSON ({raw[:40]!r}): is it a ComfyUI server? check the URL") from None
+
     def get_json(self, path: str):
-        return json.loads(self._request(path))
+        return self._decode("GET", path, self._request(path))
 
     def post_json(self, path: str, payload: dict):
-        return json.loads(self._request(path, json.dumps(payload).encode(), {"Content-Type": "application/json"}) or b"{}")
+        return self._decode("POST", path, self._request(path, json.dumps(payload).encode(),
+                                                         {"Content-Type": "application/json"}) or b"{}")
 
     def object_info(self) -> dict:
         return self.get_json("/object_info")
@@ -234,9 +260,17 @@ class ComfyClient:
         try:
             answer = self.post_json("/prompt", {"prompt": prompt, "client_id": self.client_id})
         except urllib.error.HTTPError as e:
-            body = json.loads(e.read() or b"{}")
+            body = self._decode("POST", "/prompt", e.read() or b"{}", e.code)
+            if not isinstance(body, dict) or not isinstance(body.get("error", {}), (dict, str)):
+                raise NotComfyError(f"{self.url} refused POST /prompt (HTTP {e.code}) without ComfyUI's error fields: "
+                                    f"is it a ComfyUI server? check the URL") from None
             error, node_errors = body.get("error", {}), body.get("node_errors", {})
+            if isinstance(error, str):
+                error = {"message": error}
             raise PromptError(describe_refusal(error, node_errors, prompt), error, node_errors) from None
+        if not isinstance(answer, dict) or "prompt_id" not in answer:
+            raise NotComfyError(f"{self.url} answered POST /prompt without a prompt_id ({str(answer)[:60]}): "
+                                f"is it a ComfyUI server? check the URL")
         if answer.get("node_errors") and not partial_ok:
             error = {"type": "prompt_outputs_failed_validation",
                      "message": f"some outputs failed validation; the server runs the others as prompt {answer['prompt_id']}"}
@@ -280,7 +314,7 @@ class ComfyClient:
                 raise PromptError(describe_failure(entry), execution_error(entry), prompt_id=prompt_id)
             if status.get("completed"):
                 return entry
-        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+        raise PromptTimeout(f"prompt {prompt_id} did not finish within {timeout:g} s")
 
     def connect_ws(self) -> WebSocket | None:
         try:
@@ -389,8 +423,52 @@ class ProgressPrinter:
             print(f"  cached: {len(data['nodes'])} node(s)", file=self.stream, flush=True)
 
 
+def read_workflow(path: Path) -> dict:
+    """The API-format workflow in ``path``; ValueError naming the file and what to give instead."""
+    hint = "give an API-format workflow JSON (e.g. workflows/api/glance_qwen_image.json)"
+    if not path.is_file():
+        raise ValueError(f"workflow {path}: {'is a folder' if path.is_dir() else 'no such file'}; {hint}")
+    try:
+        prompt = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"workflow {path} is not a text file; {hint}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"workflow {path} is not JSON ({e.msg} at line {e.lineno} column {e.colno}); {hint}") from None
+    if isinstance(prompt, dict) and "nodes" in prompt and "links" in prompt:
+        raise ValueError(f"{path} is a UI-format workflow; queue its API twin (workflows/api/<name>.json), "
+                         f"or export it from ComfyUI with 'Export (API)'")
+    if not isinstance(prompt, dict) or not prompt or not all(isinstance(n, dict) and "class_type" in n for n in prompt.values()):
+        raise ValueError(f"workflow {path} is JSON but not an API-format workflow ({{id: {{class_type, inputs}}}}); {hint}")
+    return prompt
+
+
+def check_upload_files(overrides: list[str]) -> None:
+    """Every ``@file`` of ``--set`` overrides exists (checked before anything is sent)."""
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if sep and value.startswith("@") and not Path(value[1:]).is_file():
+            raise ValueError(f"--set '{text}': no file {value[1:]} to upload; give the path of a local image after @")
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` is a folder or can become one."""
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a folder; give a folder for the images")
+            return
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Queue an API-format ComfyUI workflow and save its outputs.")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["batch"]:
+        if __package__:
+            from .batch import main as batch_main
+        else:  # run as a script: this file's folder is on sys.path
+            from batch import main as batch_main
+        return batch_main(argv[1:])
+    ap = argparse.ArgumentParser(description="Queue an API-format ComfyUI workflow and save its outputs. "
+                                             "`client.py batch -h`: many prompts and seeds over several servers.")
     ap.add_argument("workflow", type=Path, help="API-format workflow JSON (e.g. workflows/api/glance_qwen_image.json)")
     ap.add_argument("--server", default=os.environ.get("COMFYUI_URL", "http://127.0.0.1:8188"), help="ComfyUI URL")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="TITLE.INPUT=VALUE",
@@ -400,24 +478,35 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     args = ap.parse_args(argv)
 
-    prompt = json.loads(args.workflow.read_text())
-    if "nodes" in prompt and "links" in prompt:
-        print(f"{args.workflow} is a UI-format workflow; queue its API twin (workflows/api/<name>.json) instead.", file=sys.stderr)
-        return 2
     client = ComfyClient(args.server)
     try:
+        if not args.timeout > 0:
+            raise ValueError(f"--timeout {args.timeout:g}: give a number of seconds above 0")
+        prompt = read_workflow(args.workflow)
+        check_out_dir(args.out)
+        check_upload_files(args.overrides)
         prompt = apply_overrides(prompt, args.overrides, upload=client.upload_image)
         entry = client.run(prompt, args.timeout, on_event=None if args.quiet else ProgressPrinter(prompt))
+        saved = client.save_outputs(entry, args.out)
     except (KeyError, ValueError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+        return 1
     except PromptError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except urllib.error.URLError as e:
-        print(f"error: cannot reach ComfyUI at {args.server}: {e.reason}", file=sys.stderr)
+    except PromptTimeout as e:
+        print(f"error: {e} on {args.server}; give it more time with --timeout SECONDS "
+              f"(the server may still be running it)", file=sys.stderr)
         return 1
-    saved = client.save_outputs(entry, args.out)
+    except NotComfyError as e:
+        print(f"error: {e} (--server {args.server})", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as e:
+        print(f"error: cannot reach ComfyUI at {args.server}: {e.reason}; start it or check --server", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e} (server {args.server}); check --server and that the server is running", file=sys.stderr)
+        return 1
     took = entry["execution_seconds"] or entry["seconds"]
     print(f"done in {took:.2f} s (prompt {entry['prompt_id']})")
     for path in saved:

@@ -26,7 +26,7 @@ def test_overrides_keep_types_and_find_titles():
     ("Nope.seed=1", "no node titled 'Nope'; titles in this workflow: Load, Sampler"),
     ("Sampler.model=x", "connected to node 2"),
     ("Sampler.sed=1", "node 'Sampler' has no input 'sed'; its inputs: cfg, flag, model, name, seed"),
-    ("Sampler.seed=abc", "invalid literal"),
+    ("Sampler.seed=abc", "input 'seed' of 'Sampler' takes a whole number, not 'abc'"),
     ("Sampler.seed", "Title.input=value"),
 ])
 def test_bad_overrides_say_what_to_do(override, message):
