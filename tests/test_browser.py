@@ -60,13 +60,20 @@ def _newest_static() -> Path:
     pytest.skip(f"newest-frontend browser tests skipped: {_newest[0]}")
 
 
-@pytest.fixture(scope="module", params=FRONTENDS)
-def frontend(request, live, installed_files):
+@pytest.fixture(scope="session", params=FRONTENDS)
+def frontend_root(request):
+    """None for the host's own frontend, else the newest frontend's static folder (skips before any server starts
+    when it cannot be had)."""
+    return None if request.param == "pinned" else _newest_static()
+
+
+@pytest.fixture(scope="module")
+def frontend(frontend_root, live, installed_files):
     """The page of a live server with the pack: the session's server (the host's own frontend), or a second server
     on the same base directory serving the newest frontend (``--front-end-root``)."""
     server, client = live.server, live.client
-    if request.param != "pinned":
-        server = ComfyServer(live.base_dir, extra_args=["--front-end-root", str(_newest_static())],
+    if frontend_root is not None:
+        server = ComfyServer(live.base_dir, extra_args=["--front-end-root", str(frontend_root)],
                              log_path=live.base_dir / "comfyui-newest-frontend.log").start()
         client = ComfyClient(server.url)
     try:
@@ -111,7 +118,7 @@ def test_frontend_prompt_equals_api_twin(frontend, name):
                  f"{name}: the frontend's prompt (app.graphToPrompt) differs from api/{name}.json")
 
 
-def test_run_button_queues_and_finishes_on_the_small_kit(kit_files, frontend, tmp_path):
+def test_run_button_queues_and_finishes_on_the_small_kit(frontend, kit_files, tmp_path):
     """The loaders are pointed at the kit as a user picks files in the widgets; then Run, wait, no error shown."""
     if RUN not in NAMES:
         pytest.skip(f"{RUN} is not among the tested workflows")
