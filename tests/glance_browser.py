@@ -4,7 +4,8 @@ Debian's ``chromium`` is launched by Playwright through its own executable (no b
 opens the page of a live server, drops workflow files on it the way a user does, reads back what the page made
 of them (missing node types, nodes shown with errors, dialogs, toasts and error notices, the pack's inputs and
 tooltips, ``app.graphToPrompt()``) and clicks its Run button. Works with the frontends of ComfyUI v0.3.64 (1.27)
-and v0.33 (1.49).
+and v0.33 (1.49), and the newest (1.58, Reka UI instead of PrimeVue; ``frontend_cache.py`` fetches it); when a page
+opens, the reader proves that it sees a dialog, a toast and the busy mask on that frontend (``prove_reader``).
 ``compare_prompts`` matches the frontend's prompt to an API twin node by node (ids may differ).
 """
 from __future__ import annotations
@@ -21,6 +22,11 @@ PACK_MODULE = "custom_nodes.comfyui-glance"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1920, "height": 1200}
+# Settings a returning user may have (POST /settings before the page opens): no first-run template browser; for the
+# screenshots, no minimap or canvas statistics over the graph, and full detail (text) at the zoom that fits a whole
+# workflow.
+PAGE_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
+                 "LiteGraph.Canvas.MinFontSizeForLOD": 0}
 
 
 def find_chromium() -> str | None:
@@ -61,22 +67,40 @@ _LOADED = """([ids, before]) => {
   return active !== before && have === ids;
 }"""
 
-# Idle: 1.49 covers the page with a busy mask (PrimeVue BlockUI, full screen) while it starts and while it handles a
-# drop. Acting before it is gone is not what a user can do, and a drop during the start's mask fade-out leaves a
-# mask behind for good (the new mask is removed in place of the old one), which then takes every click.
-_IDLE = "() => !document.querySelector('.p-blockui-mask')"
-
-# Error notices: 1.49 no longer opens a dialog for missing node types, models or media: it shows an error overlay
-# ("Missing node: ...", "6 errors found") in the corner of the canvas, and marks the nodes it names with has_errors.
+# What the page shows over the graph, on every frontend the tests run: PrimeVue (1.27, 1.49) and Reka UI (1.58).
+# ``Frontend.prove_reader`` raises each of these through the app's own API when a page opens and fails unless the
+# reader sees it, so a frontend that renames them fails loudly instead of letting the checks pass without looking.
+#  - dialogs: PrimeVue ``.p-dialog`` (visible); Reka ``[role=dialog][data-state=open]``.
+#  - toasts (error and warning): PrimeVue ``.p-toast-message-error/-warn``; Reka ``li[data-testid="toast"]``
+#    with ``data-toast-kind`` error or warning and ``data-state="open"``, inside ``ol[data-testid="toast-viewport"]``.
+#  - the busy mask: the page covers itself while it starts and while it handles a drop (workspace ``spinner``);
+#    PrimeVue BlockUI's ``.p-blockui-mask``, 1.58's ``[data-testid="app-loading-overlay"]`` (shown, aria-busy).
+#    Acting before it is gone is not what a user can do, and on 1.49 a drop during the start's mask fade-out
+#    leaves a mask behind for good (the new mask is removed in place of the old one), which then takes every click.
+#  - error notices: 1.49 no longer opens a dialog for missing node types, models or media: it shows an error
+#    overlay ("Missing node: ...", "6 errors found") in the corner of the canvas, and marks the nodes it names with
+#    has_errors.
 _ERROR_OVERLAY = '[data-testid="error-overlay"]'
+DIALOGS = '.p-dialog, [role="dialog"][data-state="open"]'
+TOASTS = ('.p-toast-message-error, .p-toast-message-warn, '
+          '[data-testid="toast-viewport"] li[data-testid="toast"][data-state="open"][data-toast-kind="error"], '
+          '[data-testid="toast-viewport"] li[data-testid="toast"][data-state="open"][data-toast-kind="warning"]')
+BUSY = '.p-blockui-mask, [data-testid="app-loading-overlay"][aria-busy="true"]'
+
+# The reader: one expression, used by every check of the page.
+_READ = """(() => {
+  const shown = sel => Array.from(document.querySelectorAll(sel)).filter(e => e.getClientRects().length > 0);
+  const text = e => e.innerText.replace(/\\s+/g, ' ').slice(0, 300);
+  return {dialogs: shown('%s').map(text), toasts: shown('%s').map(text), busy: shown('%s').length > 0,
+          notices: shown('%s').map(text)};
+})()""" % (DIALOGS, TOASTS, BUSY, _ERROR_OVERLAY)
+
+_IDLE = "() => !%s.busy" % _READ
 
 _STATE = """(types) => {
   if (!types) types = [...new Set(window.app.graph.nodes.map(n => n.type))];
   const registered = window.LiteGraph.registered_node_types;
-  const text = e => e.innerText.replace(/\\s+/g, ' ').slice(0, 300);
-  const dialogs = Array.from(document.querySelectorAll('.p-dialog')).filter(d => d.offsetParent !== null).map(text);
-  const toasts = Array.from(document.querySelectorAll('.p-toast-message-error, .p-toast-message-warn')).map(text);
-  const notices = Array.from(document.querySelectorAll('%s')).filter(e => e.getClientRects().length > 0).map(text);
+  const seen = %s;
   const nodes = window.app.graph.nodes.map(n => {
     const def = n.constructor.nodeData;
     const inputs = [];
@@ -90,11 +114,13 @@ _STATE = """(types) => {
         }
       }
     }
-    return {id: n.id, type: n.type, has_errors: !!n.has_errors, registered: n.type in registered,
-            pack: !!def && def.python_module === '%s', inputs};
+    const box = Array.from(n.boundingRect || n.getBounding());  // [x, y, w, h] with the title bar, as drawn
+    return {id: n.id, type: n.type, title: n.title, has_errors: !!n.has_errors, registered: n.type in registered,
+            pack: !!def && def.python_module === '%s', inputs, box};
   });
-  return {nodes, dialogs, toasts, notices, unregistered: types.filter(t => !(t in registered))};
-}""" % (_ERROR_OVERLAY, PACK_MODULE, PACK_MODULE)
+  return {nodes, dialogs: seen.dialogs, toasts: seen.toasts, notices: seen.notices, busy: seen.busy,
+          unregistered: types.filter(t => !(t in registered))};
+}""" % (_READ, PACK_MODULE, PACK_MODULE)
 
 _WIDGETS = """(values) => {
   const missing = [];
@@ -135,6 +161,8 @@ class Frontend:
                                         "Object.keys(window.LiteGraph.registered_node_types).length > 0",
                                         timeout=60_000)
             self.page.wait_for_function(_IDLE, timeout=60_000)
+            self.version = self.page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || '?'")
+            self.prove_reader()
         except BaseException:
             self.__exit__()
             raise
@@ -159,6 +187,42 @@ class Frontend:
         self.page.wait_for_timeout(300)  # dialogs and toasts of the load appear within a frame or two
         return self.page.evaluate(_STATE, sorted({n["type"] for n in graph["nodes"]}))
 
+    def read(self) -> dict:
+        """The dialogs, error and warning toasts, error notices shown, and whether the busy mask is up."""
+        return self.page.evaluate("() => " + _READ)
+
+    def prove_reader(self, timeout_ms: int = 5_000) -> None:
+        """Raise a toast, a dialog and the busy mask through the app's own API (``app.extensionManager``:
+        ``toast.add``, ``dialog.confirm``, ``spinner``; the same on 1.27, 1.49 and 1.58) and fail unless the reader
+        sees each, then take them away and fail unless it sees them gone: the page checks can see what they look for
+        on this frontend."""
+        tag = f"glance-probe-{os.getpid()}-{id(self):x}"
+        where = f"frontend {self.version} at {self.url}"
+        fix = "update the lookups (DIALOGS, TOASTS, BUSY) in tests/glance_browser.py for this frontend"
+
+        def wait(condition: str, what: str) -> None:
+            try:
+                self.page.wait_for_function("([tag]) => { const seen = %s; return %s; }" % (_READ, condition),
+                                            arg=[tag], timeout=timeout_ms)
+            except Exception as e:  # playwright's TimeoutError
+                raise AssertionError(f"page-state reader: {what} on {where} (it reads {self.read()}): {fix}") from e
+
+        self.page.evaluate("""([tag]) => {
+          const em = window.app.extensionManager;
+          em.toast.add({severity: 'error', summary: tag + ' toast', detail: 'probe', life: 60000});
+          em.dialog.confirm({title: tag + ' dialog', message: 'probe'});
+        }""", [tag])
+        wait("seen.toasts.some(t => t.includes(tag + ' toast'))", "an error toast raised by toast.add is not seen")
+        wait("seen.dialogs.some(t => t.includes(tag + ' dialog'))", "a dialog raised by dialog.confirm is not seen")
+        self.page.keyboard.press("Escape")
+        self.page.evaluate("() => { const t = window.app.extensionManager.toast; (t.removeAll || t.dismissAll).call(t); }")
+        wait("!seen.toasts.some(t => t.includes(tag)) && !seen.dialogs.some(t => t.includes(tag))",
+             "the probe toast or dialog is still seen after it was closed")
+        self.page.evaluate("() => { window.app.extensionManager.spinner = true; }")
+        wait("seen.busy", "the busy mask (workspace spinner) is not seen")
+        self.page.evaluate("() => { window.app.extensionManager.spinner = false; }")
+        wait("!seen.busy", "the busy mask is still seen after the spinner stopped")
+
     def state(self) -> dict:
         """What the page shows for the open graph (node types, errors, dialogs, toasts, the pack's inputs)."""
         return self.page.evaluate(_STATE, None)
@@ -167,8 +231,7 @@ class Frontend:
         """Close open dialogs (Escape) and error notices (their close button), as a user does, so that the next
         drop starts clean."""
         for _ in range(3):
-            if not self.page.evaluate("() => Array.from(document.querySelectorAll('.p-dialog'))"
-                                      ".some(d => d.offsetParent !== null)"):
+            if not self.read()["dialogs"]:
                 break
             self.page.keyboard.press("Escape")
             self.page.wait_for_timeout(200)
@@ -215,10 +278,39 @@ class Frontend:
         self.page.evaluate(focus)  # the graph alone, without menus and side bars
         try:
             self.page.wait_for_timeout(300)
+            self.page.evaluate("() => window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+            self.page.wait_for_timeout(300)
             self.page.locator("#graph-canvas").screenshot(path=str(path), **kwargs)
         finally:
             self.page.evaluate(focus)
         return path
+
+
+def load_problems(state: dict) -> list[str]:
+    """What is wrong on the page after a load (``Frontend.drop`` / ``state``): node types the frontend does not know,
+    nodes shown with errors, dialogs, error and warning toasts, error notices."""
+    problems = [f"node type not registered in the frontend: {t}" for t in state["unregistered"]]
+    problems += [f"node {n['id']} ({n['type']}) is shown with errors" for n in state["nodes"]
+                 if n["has_errors"] and n["type"] not in state["unregistered"]]
+    problems += [f"dialog shown: {d}" for d in state["dialogs"]]
+    problems += [f"toast shown: {t}" for t in state["toasts"]]
+    problems += [f"error notice shown: {t}" for t in state["notices"]]
+    return problems
+
+
+def overlapping_nodes(state: dict, margin: float = 0.0) -> list[str]:
+    """Pairs of nodes whose drawn boxes (``state["nodes"][i]["box"]``, title bar included) overlap."""
+    nodes, out = state["nodes"], []
+    for i, a in enumerate(nodes):
+        ax, ay, aw, ah = a["box"]
+        for b in nodes[i + 1:]:
+            bx, by, bw, bh = b["box"]
+            w = min(ax + aw, bx + bw) - max(ax, bx)
+            h = min(ay + ah, by + bh) - max(ay, by)
+            if w > margin and h > margin:
+                out.append(f"node {a['id']} ({a['title']!r}) and node {b['id']} ({b['title']!r}) overlap by "
+                           f"{w:.0f} x {h:.0f} px")
+    return out
 
 
 # --- the frontend's prompt against an API twin -------------------------------------------------------------

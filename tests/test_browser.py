@@ -6,18 +6,24 @@ whose file the server does not list) and no error is shown, every input of the p
 tooltip, and the frontend's own conversion (``app.graphToPrompt``, what its Run button sends) equals the API
 twin. One workflow is then run from the Run button on the small demo kit.
 
-Screenshots go to the test's tmp folder; ``GLANCE_UPDATE_PREVIEWS=1`` also writes them as the previews
-``workflows/<name>.jpg`` (the file the host's template browser shows). ``GLANCE_BROWSER_WORKFLOWS=DIR`` tests
+Every test runs on two frontends: the one the host pins (its ``comfyui-frontend-package``) and the newest
+(``cli/frontend_cache.py``: fetched once into a cache and served with the host's ``--front-end-root``). When the
+newest cannot be had, its tests skip with one line (they fail instead with ``GLANCE_REQUIRE_NEWEST_FRONTEND=1``,
+as in CI). Each page first proves that the reader of dialogs, toasts and the busy mask sees them on its frontend.
+
+The previews ``workflows/<name>.jpg`` are made by ``cli/make_previews.py``. ``GLANCE_BROWSER_WORKFLOWS=DIR`` tests
 the workflows in DIR instead of ``workflows/`` (used to show that mutated copies fail).
 """
 import json
 import os
-import shutil
 from pathlib import Path
 
 import glance_browser as gb
 import glance_server as gs
 import pytest
+from cli import frontend_cache
+from cli.client import ComfyClient
+from cli.server import ComfyServer
 
 pytestmark = [pytest.mark.host, pytest.mark.server, pytest.mark.browser]
 
@@ -28,11 +34,7 @@ if SKIP:
 WORKFLOWS = Path(os.environ.get("GLANCE_BROWSER_WORKFLOWS") or gs.WORKFLOWS)
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 RUN = "glance_qwen_image"  # queued from the page: LoRA loader, Glance sigmas and phase sampler on the kit
-UPDATE_PREVIEWS = os.environ.get("GLANCE_UPDATE_PREVIEWS") == "1" and WORKFLOWS == gs.WORKFLOWS
-# Settings a returning user may have: no first-run template browser; for the screenshots, no minimap or canvas
-# statistics over the graph, and full detail (text) at the zoom that fits a whole workflow.
-SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
-            "LiteGraph.Canvas.MinFontSizeForLOD": 0}
+FRONTENDS = ["pinned", f"newest-{frontend_cache.NEWEST}"]
 
 
 @pytest.fixture(scope="module")
@@ -42,50 +44,70 @@ def installed_files(live, kit_files):
     return gs.write_stand_ins(live.base_dir, [_twin(name) for name in NAMES])
 
 
+_newest: list = []  # the outcome of fetching the newest frontend, once per session
+
+
+def _newest_static() -> Path:
+    if not _newest:
+        try:
+            _newest.append(frontend_cache.static_dir())
+        except frontend_cache.FrontendUnavailable as e:
+            _newest.append(e)
+    if isinstance(_newest[0], Path):
+        return _newest[0]
+    if os.environ.get("GLANCE_REQUIRE_NEWEST_FRONTEND") == "1":
+        pytest.fail(f"the newest frontend is required (GLANCE_REQUIRE_NEWEST_FRONTEND=1): {_newest[0]}")
+    pytest.skip(f"newest-frontend browser tests skipped: {_newest[0]}")
+
+
+@pytest.fixture(scope="session", params=FRONTENDS)
+def frontend_root(request):
+    """None for the host's own frontend, else the newest frontend's static folder (skips before any server starts
+    when it cannot be had)."""
+    return None if request.param == "pinned" else _newest_static()
+
+
 @pytest.fixture(scope="module")
-def frontend(live, installed_files):
-    live.client.post_json("/settings", SETTINGS)
-    with gb.Frontend(live.server.url) as fe:
-        fe.object_info = live.object_info()
-        yield fe
+def frontend(frontend_root, live, installed_files):
+    """The page of a live server with the pack: the session's server (the host's own frontend), or a second server
+    on the same base directory serving the newest frontend (``--front-end-root``)."""
+    server, client = live.server, live.client
+    if frontend_root is not None:
+        server = ComfyServer(live.base_dir, extra_args=["--front-end-root", str(frontend_root)],
+                             log_path=live.base_dir / "comfyui-newest-frontend.log").start()
+        client = ComfyClient(server.url)
+    try:
+        client.post_json("/settings", gb.PAGE_SETTINGS)
+        with gb.Frontend(server.url) as fe:
+            fe.object_info, fe.client = live.object_info(), client
+            yield fe
+        if not server.alive():
+            pytest.fail(f"the ComfyUI server died; log tail:\n{server.log_tail()}")
+    finally:
+        if server is not live.server:
+            server.stop()
 
 
 def _twin(name: str) -> dict:
     return json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
 
 
-def _save_preview(shot: Path, name: str) -> None:
-    if UPDATE_PREVIEWS:
-        shutil.copyfile(shot, gs.WORKFLOWS / f"{name}.jpg")
-
-
 def _assert_none(problems: list[str], headline: str) -> None:
     assert not problems, headline + ":\n  " + "\n  ".join(problems)
 
 
-def _load_problems(state: dict) -> list[str]:
-    problems = [f"node type not registered in the frontend: {t}" for t in state["unregistered"]]
-    problems += [f"node {n['id']} ({n['type']}) is shown with errors" for n in state["nodes"]
-                 if n["has_errors"] and n["type"] not in state["unregistered"]]
-    problems += [f"dialog shown: {d}" for d in state["dialogs"]]
-    problems += [f"toast shown: {t}" for t in state["toasts"]]
-    problems += [f"error notice shown: {t}" for t in state["notices"]]
-    return problems
-
-
 @pytest.mark.parametrize("name", NAMES)
-def test_drop_loads_with_no_missing_node_and_tooltips_on_every_input(frontend, tmp_path, name):
+def test_drop_loads_with_no_missing_node_and_tooltips_on_every_input(frontend, name):
     state = frontend.drop(WORKFLOWS / f"{name}.json")
     frontend.dismiss_dialogs()
-    _assert_none(_load_problems(state), f"{name}: the frontend does not load it cleanly")
+    _assert_none(gb.load_problems(state), f"{name}: the frontend does not load it cleanly")
     untold = [f"node {n['id']} ({n['type']}) input '{i['name']}': " + ("no tooltip" if not i["tooltip"] else "not shown")
               for n in state["nodes"] if n["pack"] for i in n["inputs"]
               if not i["tooltip"].strip() or not (i["slot"] or i["widget"])]
     _assert_none(untold, f"{name}: inputs of the pack's nodes without a tooltip or not shown")
     if name.startswith("glance_"):
         assert any(n["pack"] for n in state["nodes"]), f"{name}: no node of the pack in the loaded graph"
-    if name != RUN:
-        _save_preview(frontend.screenshot_canvas(tmp_path / f"{name}.jpg", jpeg=True), name)
+    _assert_none(gb.overlapping_nodes(state), f"{name}: nodes drawn over one another on the canvas")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -96,7 +118,7 @@ def test_frontend_prompt_equals_api_twin(frontend, name):
                  f"{name}: the frontend's prompt (app.graphToPrompt) differs from api/{name}.json")
 
 
-def test_run_button_queues_and_finishes_on_the_small_kit(live, kit_files, frontend, tmp_path):
+def test_run_button_queues_and_finishes_on_the_small_kit(frontend, kit_files, tmp_path):
     """The loaders are pointed at the kit as a user picks files in the widgets; then Run, wait, no error shown."""
     if RUN not in NAMES:
         pytest.skip(f"{RUN} is not among the tested workflows")
@@ -111,12 +133,11 @@ def test_run_button_queues_and_finishes_on_the_small_kit(live, kit_files, fronte
     _assert_none(gb.compare_prompts(frontend.graph_to_prompt(), kit, frontend.object_info), "the page's prompt is not the kit prompt")
 
     prompt_id = frontend.click_run()
-    entry = live.client.wait(prompt_id, timeout=120)
+    entry = frontend.client.wait(prompt_id, timeout=120)
     assert entry["status"]["status_str"] == "success"
     save = next(i for i, n in kit.items() if n["class_type"] == "SaveImage")
     assert entry["outputs"][save]["images"], "Save Image saved nothing"
     frontend.wait_for_images(page_ids[save])
-    _assert_none(_load_problems(frontend.state()), "the page shows an error after the run")
+    _assert_none(gb.load_problems(frontend.state()), "the page shows an error after the run")
     shot = frontend.screenshot_canvas(tmp_path / f"{RUN}_after_run.jpg", jpeg=True)
     print(f"screenshot after the run: {shot}")
-    _save_preview(shot, RUN)
