@@ -234,8 +234,8 @@ def distill_experts(patcher, prompts: list, negative, latent: torch.Tensor, sett
                 for n, phase in enumerate(PHASES):
                     train_expert(guider, phase, n, gen, model_options)
             except BaseException as e:
-                # A failed step's tensors (its autograd graph keeps the base's weights) must go before the base is
-                # restored; the traceback would keep them alive.
+                # A failed step's tensors (its autograd graph, activations) are freed now, not whenever the
+                # traceback goes; the base is restored either way (training/adapters.py frozen_base).
                 traceback.clear_frames(e.__traceback__)
                 raise
 

@@ -279,8 +279,8 @@ def train_lora(patcher, latent: torch.Tensor, positive: list, settings: TrainSet
                     if on_step is not None:
                         on_step(step, result.losses[-1], result.sigmas_used[-1], settings.steps)
             except BaseException as e:
-                # A failed step's tensors (its autograd graph keeps the base's weights) must go before the base is
-                # restored; the traceback would keep them alive.
+                # A failed step's tensors (its autograd graph, activations) are freed now, not whenever the
+                # traceback goes; the base is restored either way (training/adapters.py frozen_base).
                 traceback.clear_frames(e.__traceback__)
                 raise
             result.adapters = {n: (p.down.detach().float().cpu().clone(), p.up.detach().float().cpu().clone())
