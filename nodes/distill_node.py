@@ -11,7 +11,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..training.distill import DistillSettings, distill_experts, phase_settings
-from ..training.lora_file import build_metadata, comfy_lora_state_dict, resolve_save_path, save_atomic
+from ..training.lora_file import build_metadata, comfy_lora_state_dict, resolve_pair, save_pair_atomic
 from ..training.loss_plot import plot_loss
 from ..training.recipes import detect_recipe
 from .forward_experts import forward_expert_clones
@@ -109,10 +109,8 @@ class GlanceDistillExperts(io.ComfyNode):
         prompts = check_prompts(model, positive, negative)
         latent = single_empty_latent(model, latent_image)
         loras_dir = Path(folder_paths.get_folder_paths("loras")[0])
-        name_slow, path_slow = resolve_save_path(save_name_slow, loras_dir)
-        name_fast, path_fast = resolve_save_path(save_name_fast, loras_dir)
-        if path_slow == path_fast:
-            raise ValueError(f"save_name_fast: '{name_fast}' is the slow expert's name too; give the two experts different names.")
+        (name_slow, path_slow), (name_fast, path_fast), left_over = resolve_save_names(save_name_slow, save_name_fast,
+                                                                                        loras_dir)
         ms = model.get_model_object("model_sampling")
         settings = DistillSettings(
             sigmas=tuple(float(s) for s in sigmas.detach().float().cpu()), switch_sigma=switch,
@@ -138,17 +136,18 @@ class GlanceDistillExperts(io.ComfyNode):
         log.info("Glance distill: teacher %d model passes; loss slow %.5g -> %.5g, fast %.5g -> %.5g",
                  result.teacher_passes, *_first_last(result.losses["slow"]), *_first_last(result.losses["fast"]))
 
-        experts, names = {}, {}
+        experts, names, files = {}, {}, []
         resolution = latent_resolution(latent)
         for phase, name, path in (("slow", name_slow, path_slow), ("fast", name_fast, path_fast)):
             sd = comfy_lora_state_dict(result.adapters[phase], alpha)
             metadata = build_metadata(
                 base_model=recipe.arch, model_class=type(model.model).__name__, resolution=resolution,
                 optimizer=result.optimizer, precision=result.precision, final_loss=result.losses[phase][-1], prompts=len(prompts),
-                **phase_settings(settings, phase))
-            save_atomic(sd, path, metadata)
+                pair=[name_slow, name_fast], **phase_settings(settings, phase))
+            files.append((f"save_name_{phase}", sd, path, metadata))
             experts[phase] = (lora_patches(model, sd, f"distilled {phase} expert '{name}'"), 1.0)
             names[phase] = name
+        save_pair_atomic(files, left_over)  # both experts or neither
         log.info("Glance distill: saved %s and %s", name_slow, name_fast)
         clones, _ = forward_expert_clones(model, experts)
         plot = torch.cat([plot_loss(result.losses["slow"], f"{recipe.arch} slow expert: distillation loss"),
@@ -160,3 +159,12 @@ class GlanceDistillExperts(io.ComfyNode):
 def _first_last(values: list[float]) -> tuple[float, float]:
     window = max(1, len(values) // 10)
     return sum(values[:window]) / window, sum(values[-window:]) / window
+
+
+def resolve_save_names(save_name_slow: str, save_name_fast: str, loras_dir: Path):
+    """Both experts' (name, path) and a left-over half of an earlier run of this pair, checked before any work
+    (training/lora_file.py resolve_pair)."""
+    (slow, fast), left_over = resolve_pair({"save_name_slow": save_name_slow, "save_name_fast": save_name_fast}, loras_dir)
+    if slow[1] == fast[1]:
+        raise ValueError(f"save_name_fast: '{fast[0]}' is the slow expert's name too; give the two experts different names.")
+    return slow, fast, left_over

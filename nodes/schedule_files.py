@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import folder_paths
 
 from ..training.atomic_file import write_atomic
+from ..validation import save_path
 
 FOLDER = "glance_schedules"
 SUFFIX = ".json"
@@ -38,23 +39,9 @@ def list_schedules() -> list[str]:
 
 
 def resolve_save_path(save_name: str, input_name: str = "save_name") -> tuple[str, Path]:
-    """(relative name with .json, absolute path inside models/glance_schedules); refuses names that escape it."""
-    raw = (save_name or "").strip()
-    name = raw.replace("\\", "/")
-    where = f"models/{FOLDER}"
-    if not name or name.endswith("/"):
-        raise ValueError(f"{input_name}: give a file name, e.g. 'my_model_10_steps'.")
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(raw).is_absolute() or re.match(r"^[A-Za-z]:", name):
-        raise ValueError(f"{input_name}: '{save_name}' is an absolute path; give a name relative to {where}.")
-    if any(p in ("..", ".") for p in PurePosixPath(name).parts):
-        raise ValueError(f"{input_name}: '{save_name}' contains '..' or '.'; the file must stay inside {where}.")
-    if not name.lower().endswith(SUFFIX):
-        name += SUFFIX
-    root = schedules_dir().resolve()
-    path = (root / name).resolve()
-    if root not in path.parents:
-        raise ValueError(f"{input_name}: '{save_name}' resolves outside {where}.")
-    return name, path
+    """(relative name with .json, absolute path inside models/glance_schedules); refuses names that escape it or
+    cannot be saved (validation.save_path)."""
+    return save_path(save_name, schedules_dir(), SUFFIX, input_name, f"models/{FOLDER}")
 
 
 def auto_name(model_class: str, fingerprint: str | None, width: int, height: int, cfg: float, steps_slow: int,

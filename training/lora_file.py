@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
+import safetensors
 import safetensors.torch
 import torch
 
-from .atomic_file import write_atomic
+from ..validation import save_path
+from .atomic_file import write_atomic, write_atomic_group
 
 PREFIX = "diffusion_model."
 SUFFIX = ".safetensors"
@@ -25,28 +27,43 @@ def pack_version() -> str:
     return match.group(1) if match else "unknown"
 
 
-def resolve_save_path(save_name: str, loras_dir: Path) -> tuple[str, Path]:
-    """(relative name with .safetensors, absolute path inside ``loras_dir``, the host's models/loras); refuses escapes
-    and existing files."""
-    name = (save_name or "").strip().replace("\\", "/")
-    if not name or name.endswith("/"):
-        raise ValueError("save_name: give a file name, e.g. 'glance/my_slow_lora'.")
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(save_name.strip()).is_absolute() or re.match(r"^[A-Za-z]:", name):
-        raise ValueError(f"save_name: '{save_name}' is an absolute path; give a name relative to models/loras.")
-    parts = PurePosixPath(name).parts
-    if any(p in ("..", ".") for p in parts):
-        raise ValueError(f"save_name: '{save_name}' contains '..' or '.'; the file must stay inside models/loras.")
-    if not name.endswith(SUFFIX):
-        name += SUFFIX
-    root = Path(loras_dir).resolve()
-    path = (root / name).resolve()
-    if root not in path.parents:
-        raise ValueError(f"save_name: '{save_name}' resolves outside models/loras.")
+def resolve_save_path(save_name: str, loras_dir: Path, input_name: str = "save_name") -> tuple[str, Path]:
+    """(relative name with .safetensors, absolute path inside ``loras_dir``, the host's models/loras); refuses escapes,
+    names that cannot be saved (validation.save_path) and existing files."""
+    name, path = save_path(save_name, loras_dir, SUFFIX, input_name, "models/loras")
     if path.exists():
         raise FileExistsError(
-            f"save_name: '{name}' already exists in models/loras; pick another name or delete the old file first."
+            f"{input_name}: '{name}' already exists in models/loras; pick another name or delete the old file first."
         )
     return name, path
+
+
+def resolve_pair(save_names: dict[str, str], loras_dir: Path) -> tuple[list[tuple[str, Path]], list[Path]]:
+    """The paths of files saved as one unit ({input name: save name}), and the left-over files among them that the
+    unit may replace: a file of an earlier run of the same unit whose partner is missing (a unit is saved whole, so
+    only a run cut between the two names leaves one). Anything else that exists is refused."""
+    resolved = [(input_name, *save_path(save_name, loras_dir, SUFFIX, input_name, "models/loras"))
+                for input_name, save_name in save_names.items()]
+    names = [name for _, name, _ in resolved]
+    left_over = []
+    for input_name, name, path in resolved:
+        if not path.exists():
+            continue
+        if pair_of(path) == names and not all(p.exists() for _, _, p in resolved):
+            left_over.append(path)
+            continue
+        raise FileExistsError(
+            f"{input_name}: '{name}' already exists in models/loras; pick another name or delete the old file first.")
+    return [(name, path) for _, name, path in resolved], left_over
+
+
+def pair_of(path: Path) -> list[str] | None:
+    """The unit a saved file belongs to (its ``glance.pair`` metadata), or None."""
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            return json.loads((f.metadata() or {}).get("glance.pair", "null"))
+    except Exception:  # not a readable safetensors file: not ours to replace
+        return None
 
 
 def comfy_lora_state_dict(adapters: dict, alpha: float, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
@@ -78,3 +95,18 @@ def save_atomic(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str
         write_atomic(path, lambda tmp: safetensors.torch.save_file(sd, str(tmp), metadata=metadata), overwrite=False)
     except FileExistsError:
         raise FileExistsError(f"save_name: '{path.name}' appeared in models/loras while training; nothing overwritten.") from None
+
+
+def save_pair_atomic(files: list[tuple[str, dict[str, torch.Tensor], Path, dict[str, str]]],
+                     left_over: list[Path] = ()) -> None:
+    """Files [(input name, state dict, path, metadata)] saved as one unit: all of them or none
+    (training/atomic_file.py write_atomic_group); ``left_over`` (resolve_pair) goes just before the unit takes its
+    names."""
+    writes = [(path, lambda tmp, sd=sd, meta=meta: safetensors.torch.save_file(sd, str(tmp), metadata=meta))
+              for _, sd, path, meta in files]
+    try:
+        write_atomic_group(writes, before_placing=lambda: [p.unlink(missing_ok=True) for p in left_over])
+    except FileExistsError:
+        input_name, path = next(((i, p) for i, _, p, _ in files if p.exists()), (files[0][0], files[0][2]))
+        raise FileExistsError(f"{input_name}: '{path.name}' appeared in models/loras while training; none of the "
+                              f"{len(files)} files was saved. Pick other names and run again.") from None
