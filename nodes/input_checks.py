@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..host_compat import fix_empty_latent
+from ..validation import check_image_size
 from ..training.data import check_conditioning
 from ..training.recipes import detect_recipe
 from .teacher import split_prompts
@@ -46,6 +47,8 @@ def single_empty_latent(model, latent_image) -> torch.Tensor:
         raise ValueError("latent_image: expected a LATENT (connect an empty latent of the size you generate at).")
     latent = fix_empty_latent(model, latent_image)
     check_latent_fits(model, latent, "model")
+    down = int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8) or 8)
+    check_image_size(model, latent.shape[-1] * down, latent.shape[-2] * down, "latent_image")
     return torch.zeros_like(latent[:1])
 
 

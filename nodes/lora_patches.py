@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import comfy.lora
 import comfy.lora_convert
-import comfy.utils
 import folder_paths
+
+from ..validation import load_lora_file, lora_shape_problem
 
 # Suffixes of the "down" (A) matrix in the LoRA key styles the host's loader reads: one per adapted module.
 _DOWN_SUFFIXES = (".lora_down.weight", "_lora.down.weight", ".lora_A.weight", ".lora.down.weight", ".lora_A",
@@ -29,6 +30,10 @@ def lora_patches(model, lora_sd: dict, source: str) -> dict:
             f"so it was made for another architecture. Pick a LoRA trained for {model_type} (or check that the "
             "base model loader loaded the model you meant)."
         )
+    problem = lora_shape_problem(model, patches)
+    if problem:
+        raise ValueError(f"{source} does not fit this {model_type} model: first misfit {problem}. It was made for "
+                         f"another {model_type} variant (other widths); pick a LoRA trained for this model.")
     return patches
 
 
@@ -43,7 +48,8 @@ def resolve_lora_path(input_name: str, file_name: str) -> str:
 
 
 def lora_file_patches(model, input_name: str, file_name: str) -> dict:
-    """The host's patches for a LoRA file in models/loras, checked against ``model``."""
+    """The host's patches for a LoRA file in models/loras, checked against ``model`` (its architecture, its shapes)
+    and for NaN/inf values."""
     path = resolve_lora_path(input_name, file_name)
-    lora_sd = comfy.utils.load_torch_file(path, safe_load=True)
+    lora_sd = load_lora_file(path, f"{input_name} '{file_name}'")
     return lora_patches(model, lora_sd, f"{input_name} '{file_name}'")

@@ -10,16 +10,21 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..host_compat import fix_empty_latent, sampled_latent
+from ..validation import MAX_STEPS, check_sigmas, finite
 from .input_checks import check_latent_fits
 from .phase_sampling import PhaseGuider
 from .schedules import SWITCH_SIGMA_MAX, switch_sigma_problem, validate_switch_sigma
 
 
-STEPS_MAX = 10000
+STEPS_MAX = MAX_STEPS
 
 
-def _check_inputs(steps, switch_sigma, cfg_slow, cfg_fast, latent, sigmas):
+def _check_inputs(steps, switch_sigma, cfg_slow, cfg_fast, latent, sigmas, denoise=1.0):
     validate_switch_sigma(switch_sigma)
+    if sigmas is None and not 0.0 <= finite(denoise, "denoise", "use 0..1 (1.0: the whole schedule)") <= 1.0:
+        raise ValueError(f"denoise={denoise!r}: use 0..1 (1.0: the whole schedule; below it for image-to-image).")
+    if sigmas is not None:
+        check_sigmas(sigmas, "sigmas")
     for name, value in (("cfg_slow", cfg_slow), ("cfg_fast", cfg_fast)):
         if not math.isfinite(value):
             raise ValueError(f"{name}={value!r} is not a number: use a finite CFG scale (1.0 turns CFG off for that phase).")
@@ -102,7 +107,7 @@ class GlancePhaseKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model_slow, model_fast, positive, negative, latent_image, seed, steps, switch_sigma, cfg_slow,
                 cfg_fast, sampler_name, scheduler, denoise=1.0, sigmas=None) -> io.NodeOutput:
-        _check_inputs(steps, switch_sigma, cfg_slow, cfg_fast, latent_image, sigmas)
+        _check_inputs(steps, switch_sigma, cfg_slow, cfg_fast, latent_image, sigmas, denoise)
         latent = fix_empty_latent(model_slow, latent_image)
         check_latent_fits(model_slow, latent, "model_slow")
         check_latent_fits(model_fast, latent, "model_fast")

@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from ..validation import check_image_size, finite
 from .data import check_conditioning, encode_latent, prepare_image
 from .lora_file import build_metadata, comfy_lora_state_dict, resolve_save_path, save_atomic
 from .loop import TrainResult, TrainSettings, train_lora
@@ -49,6 +50,7 @@ def pick(value, default, name: str):
     """The input's value, or the architecture's default for -1; errors for other non-positive values."""
     if value == AUTO:
         return default
+    finite(value, name, f"give a positive value, or -1 for the architecture's default ({default})")
     if value <= 0:
         raise ValueError(f"{name}: {value} is not valid; give a positive value, or -1 for the architecture's default ({default}).")
     return value
@@ -79,6 +81,7 @@ def run(model, vae, image, positive, inputs: TrainInputs, loras_dir: Path,
         checkpointing = True
     with torch.no_grad():
         pixels = prepare_image(image, inputs.resolution, recipe.multiple)
+        check_image_size(model, pixels.shape[2], pixels.shape[1], "resolution")
         latent = encode_latent(vae, pixels, model)
     if recipe.guidance is not None:
         positive = [[c, {**extras, "guidance": recipe.guidance}] for c, extras in positive]
