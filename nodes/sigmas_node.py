@@ -85,7 +85,8 @@ def saved_schedule(model, name: str):
     """(SIGMAS, switch sigma) of a saved schedule; a warning when it was fitted to a different model."""
     record = schedule_files.load(name)
     try:
-        sigmas, switch = schedule_from_record(record)
+        sigma_max = getattr(model.get_model_object("model_sampling"), "sigma_max", None)
+        sigmas, switch = schedule_from_record(record, None if sigma_max is None else float(sigma_max))
     except ValueError as e:
         raise ValueError(f"preset: '{name}' in models/{schedule_files.FOLDER} is not usable: {e}. Fit it again with "
                          "Glance Fit Schedule.") from None
