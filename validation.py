@@ -135,9 +135,11 @@ def lora_shape_problem(model, patches: dict) -> str | None:
         target = list(reshape) if reshape is not None else list(weight.shape)
         if offset is not None and len(offset) >= 3:
             target[offset[0]] = offset[2]
-        out_f, in_f = up.shape[0], math.prod(down.shape[1:])
-        rank_up, rank_down = math.prod(up.shape[1:]), down.shape[0]
         mid = weights[3] if len(weights) > 3 else None
+        out_f, in_f = up.shape[0], math.prod(down.shape[1:])
+        if isinstance(mid, torch.Tensor) and mid.ndim > 2:  # LoCon's Tucker core carries the kernel
+            in_f = down.shape[1] * math.prod(mid.shape[2:])
+        rank_up, rank_down = math.prod(up.shape[1:]), down.shape[0]
         if rank_up != rank_down and mid is None:
             return f"'{weight_key}': its up and down matrices have ranks {rank_up} and {rank_down}"
         if out_f != target[0] or in_f != math.prod(target[1:]):
