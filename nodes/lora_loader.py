@@ -47,15 +47,20 @@ class GlanceLoraLoader(io.ComfyNode):
     def validate_inputs(cls, slow_lora=None, fast_lora=None):
         # The host does not check V3 combo values against their options: an unknown file must still be a node error.
         available = set(list_loras())
-        for name, value in (("slow_lora", slow_lora), ("fast_lora", fast_lora)):
-            if value is not None and value != NONE and value not in available:
-                return f"{name}: '{value}' is not in models/loras; put the file there (then refresh the page) or pick another LoRA."
+        missing = [f"{name}: '{value}'" for name, value in (("slow_lora", slow_lora), ("fast_lora", fast_lora))
+                   if value is not None and value != NONE and value not in available]
+        if missing:
+            return (f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in models/loras; put the "
+                    f"{'file' if len(missing) == 1 else 'files'} there (then refresh the page) or pick another LoRA.")
         return True
 
     @classmethod
     def execute(cls, model, slow_lora, strength_slow, fast_lora, strength_fast, apply="forward") -> io.NodeOutput:
         if apply not in APPLY_MODES:
             raise ValueError(f"apply: '{apply}' is not one of {APPLY_MODES}.")
+        problem = cls.validate_inputs(slow_lora=slow_lora, fast_lora=fast_lora)
+        if problem is not True:
+            raise FileNotFoundError(problem)
         experts = {}
         for name, input_name, file_name, strength in (("slow", "slow_lora", slow_lora, strength_slow),
                                                       ("fast", "fast_lora", fast_lora, strength_fast)):

@@ -9,11 +9,12 @@ from comfy_api.latest import io
 
 from ..host_compat import fix_empty_latent, sampled_latent
 from ..sampling.phase_guider import PhaseGuider
+from ..schedules.checks import MAX_STEPS, check_sigmas, finite
 from ..schedules.switch import validate_switch_sigma
 from .common.inputs import (check_cfg, check_latent_fits, phase_cfg_inputs, phase_model_inputs, seed_input,
                             switch_sigma_input, validate_inputs)
 
-STEPS_MAX = 10000
+STEPS_MAX = MAX_STEPS
 
 
 def _check_phases(switch_sigma, cfg_slow, cfg_fast) -> None:
@@ -22,7 +23,11 @@ def _check_phases(switch_sigma, cfg_slow, cfg_fast) -> None:
     check_cfg("cfg_fast", cfg_fast)
 
 
-def _check_run(steps, latent, sigmas) -> None:
+def _check_run(steps, latent, sigmas, denoise=1.0) -> None:
+    if sigmas is None and not 0.0 <= finite(denoise, "denoise", "use 0..1 (1.0: the whole schedule)") <= 1.0:
+        raise ValueError(f"denoise={denoise!r}: use 0..1 (1.0: the whole schedule; below it for image-to-image).")
+    if sigmas is not None:
+        check_sigmas(sigmas, "sigmas")
     if sigmas is None and steps < 1:
         raise ValueError(f"steps={steps}: use at least 1 step, or connect a SIGMAS schedule (e.g. from GlanceSigmas).")
     if sigmas is not None and (sigmas.ndim != 1 or len(sigmas) < 2):
@@ -74,7 +79,7 @@ class GlancePhaseKSampler(io.ComfyNode):
     def execute(cls, model_slow, model_fast, positive, negative, latent_image, seed, steps, switch_sigma, cfg_slow,
                 cfg_fast, sampler_name, scheduler, denoise=1.0, sigmas=None) -> io.NodeOutput:
         _check_phases(switch_sigma, cfg_slow, cfg_fast)
-        _check_run(steps, latent_image, sigmas)
+        _check_run(steps, latent_image, sigmas, denoise)
         latent = fix_empty_latent(model_slow, latent_image)
         check_latent_fits(model_slow, latent, "model_slow")
         check_latent_fits(model_fast, latent, "model_fast")

@@ -67,10 +67,11 @@ class GlanceSigmas(io.ComfyNode):
             sigmas = split_sigmas(dense, switch, steps_slow, steps_fast)
             title = f"{scheduler}: {steps_slow} slow + {steps_fast} fast"
         elif preset.lower().endswith(SUFFIX):
-            sigmas, switch = load_schedule(schedule_file(preset), preset, model_identity(model))
+            sigma_max = getattr(model.get_model_object("model_sampling"), "sigma_max", None)
+            sigmas, switch = load_schedule(schedule_file(preset), preset, model_identity(model),
+                                           None if sigma_max is None else float(sigma_max))
             title = f"fitted: {preset}"
         else:
             raise ValueError(f"preset={preset!r} is unknown; choose one of {', '.join(PRESET_NAMES)}.")
         plot = plot_sigmas(sigmas, switch, title)
         return with_preview(cls, sigmas, switch, plot, image=plot)
-

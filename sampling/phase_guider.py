@@ -20,6 +20,7 @@ import comfy.sampler_helpers
 import comfy.samplers
 import torch
 
+from ..schedules.checks import check_sigmas
 from ..schedules.switch import first_fast_step
 
 log = logging.getLogger("comfyui-glance")
@@ -171,6 +172,7 @@ class PhaseGuider(comfy.samplers.CFGGuider):
         self.fast.inner_set_conds(conds)
 
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
+        check_sigmas(sigmas, "sigmas")  # a NaN would sample a black image that looks like a success
         plan = self.last_run = PhasePlan.of(sigmas.detach().float().cpu(), self.switch_sigma)
         if plan.phases != "both":
             log.info(plan.summary())

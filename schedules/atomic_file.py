@@ -44,3 +44,41 @@ def write_atomic(path, write, *, overwrite: bool = True, mode: int | None = 0o64
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_atomic_group(writes, *, before_placing=None, mode: int | None = 0o644) -> list[Path]:
+    """Several new files as one unit [(path, write)]: every ``write(tmp)`` runs first; then all of them take their
+    names, or none does (a name that exists or appears meanwhile takes back the ones placed before it). Never
+    overwrites; ``before_placing()`` runs after the writes, just before the names are taken."""
+    paths = [Path(path) for path, _ in writes]
+    temps: list[Path] = []
+    placed: list[Path] = []
+    try:
+        for path, (_, write) in zip(paths, writes):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            temps.append(Path(name))
+            write(temps[-1])
+            if mode is not None:
+                os.chmod(temps[-1], mode)
+        if before_placing is not None:
+            before_placing()
+        for path, tmp in zip(paths, temps):
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(f"'{path}' appeared while writing; nothing overwritten") from None
+            except OSError:  # a filesystem without hard links
+                if path.exists():
+                    raise FileExistsError(f"'{path}' already exists; nothing overwritten") from None
+                os.replace(tmp, path)
+            placed.append(path)
+    except BaseException:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+    return paths

@@ -21,9 +21,10 @@ FOLDER = "glance_schedules"
 SUFFIX = ".json"
 
 
-def resolve_save_path(save_name: str, root: Path) -> tuple[str, Path]:
-    """(relative name with .json, absolute path inside ``root``, the schedules folder); refuses names that escape it."""
-    return resolve_save_name(save_name, root, SUFFIX, f"models/{FOLDER}", "my_model_10_steps")
+def resolve_save_path(save_name: str, root: Path, input_name: str = "save_name") -> tuple[str, Path]:
+    """(relative name with .json, absolute path inside ``root``, the schedules folder); refuses names that escape it
+    or cannot be saved (``save_path.py``)."""
+    return resolve_save_name(save_name, root, SUFFIX, input_name, f"models/{FOLDER}")
 
 
 def auto_name(model_class: str, fingerprint: str | None, width: int, height: int, cfg: float, steps_slow: int,
@@ -49,12 +50,13 @@ def load(path: Path, name: str, input_name: str = "preset") -> dict:
         raise ValueError(f"{input_name}: '{name}' cannot be read as a schedule file ({e}).") from None
 
 
-def load_schedule(path: Path, name: str, identity: dict) -> tuple:
-    """(SIGMAS, switch sigma) of the schedule file ``name`` at ``path``; a warning when it was fitted to a model other
-    than the one ``identity`` (``records.model_identity``) describes."""
+def load_schedule(path: Path, name: str, identity: dict, sigma_max: float | None = None) -> tuple:
+    """(SIGMAS, switch sigma) of the schedule file ``name`` at ``path``, checked against the model's largest sigma
+    ``sigma_max``; a warning when it was fitted to a model other than the one ``identity``
+    (``records.model_identity``) describes."""
     record = load(path, name)
     try:
-        sigmas, switch = schedule_from_record(record)
+        sigmas, switch = schedule_from_record(record, sigma_max)
     except ValueError as e:
         raise ValueError(f"preset: '{name}' in models/{FOLDER} is not usable: {e}. Fit it again with "
                          "Glance Fit Schedule.") from None

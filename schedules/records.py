@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from .checks import MAX_STEPS
+
 log = logging.getLogger("comfyui-glance")
 
 
@@ -90,20 +92,36 @@ def schedule_record(fit, settings, identity: dict, resolution: list[int], prompt
     }
 
 
-def schedule_from_record(record: dict) -> tuple[torch.Tensor, float]:
-    """(SIGMAS, switch sigma) of a schedule record; a ValueError saying what is wrong with a broken one."""
+def schedule_from_record(record: dict, sigma_max: float | None = None) -> tuple[torch.Tensor, float]:
+    """(SIGMAS, switch sigma) of a schedule record; a ValueError saying what is wrong with a broken one. Strict:
+    numbers only (no strings or booleans), finite, >= 0, descending, at most MAX_STEPS steps, and within the
+    model's sigma range when ``sigma_max`` is given."""
     if not isinstance(record, dict) or record.get("format") != "glance-schedule":
         raise ValueError("it is not a Glance schedule file (no \"format\": \"glance-schedule\")")
-    try:
-        sigmas = torch.tensor([float(s) for s in record["sigmas"]], dtype=torch.float32)
-        switch = float(record["switch_sigma"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"its sigmas or switch_sigma are missing or not numbers ({e})") from None
-    if sigmas.ndim != 1 or len(sigmas) < 2 or not torch.isfinite(sigmas).all() or not torch.all(sigmas[1:] < sigmas[:-1]):
-        raise ValueError("its sigmas are not a descending schedule of at least 2 values")
-    if not math.isfinite(switch):
-        raise ValueError("its switch_sigma is not a number")
-    return sigmas, switch
+    values, switch = record.get("sigmas"), record.get("switch_sigma")
+    if not isinstance(values, list) or not all(is_number(s) for s in values) or not is_number(switch):
+        raise ValueError("its sigmas or switch_sigma are missing or not numbers (\"sigmas\" must be a list of numbers, "
+                         "\"switch_sigma\" a number)")
+    if len(values) - 1 > MAX_STEPS:
+        raise ValueError(f"it has {len(values) - 1} steps; the sampler takes at most {MAX_STEPS}")
+    if "model" in record and record["model"] is not None and not isinstance(record["model"], dict):
+        raise ValueError("its \"model\" entry is not an object of the model's fields")
+    sigmas = torch.tensor([float(s) for s in values], dtype=torch.float64)
+    switch = float(switch)
+    if len(sigmas) < 2 or not torch.isfinite(sigmas).all() or not torch.all(sigmas[1:] < sigmas[:-1]):
+        raise ValueError("its sigmas are not a descending schedule of at least 2 finite values")
+    if float(sigmas[-1]) < 0:
+        raise ValueError(f"its sigmas go below 0 (down to {float(sigmas[-1]):g}); sigmas are noise levels >= 0")
+    if sigma_max is not None and float(sigmas[0]) > float(sigma_max) * (1 + 1e-4) + 1e-6:
+        raise ValueError(f"its sigmas start at {float(sigmas[0]):g}, above this model's largest sigma "
+                         f"{float(sigma_max):g}")
+    if not math.isfinite(switch) or switch < 0:
+        raise ValueError(f"its switch_sigma {switch!r} is not a finite sigma >= 0")
+    return sigmas.to(torch.float32), switch
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def latent_resolution(latent: torch.Tensor) -> list[int]:

@@ -112,7 +112,7 @@ def test_files_load_in_glance_lora_loader_as_the_node_outputs(kit, distilled, ba
 def test_existing_files_are_not_overwritten(kit, distilled, base_dir):
     path = base_dir / "models" / "loras" / "test" / "main_fast.safetensors"
     before = path.read_bytes()
-    with pytest.raises(FileExistsError, match="^save_name: 'test/main_fast.safetensors' already exists"):
+    with pytest.raises(FileExistsError, match="^save_name_fast: 'test/main_fast.safetensors' already exists"):
         distill(kit, save_name_slow="test/other_slow", save_name_fast="test/main_fast", steps=1)
     assert path.read_bytes() == before
     assert not (base_dir / "models" / "loras" / "test" / "other_slow.safetensors").exists()
@@ -120,7 +120,7 @@ def test_existing_files_are_not_overwritten(kit, distilled, base_dir):
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(save_name_fast="test/distill_slow"), r"^save_name_fast: .*different names"),
-    (dict(save_name_slow="../escape"), r"^save_name: '../escape' contains '..'"),
+    (dict(save_name_slow="../escape"), r"^save_name_slow: '../escape' contains '..'"),
     (dict(switch_sigma=0.01), r"^switch_sigma=0.01 leaves no fast step"),
     (dict(switch_sigma=2.0), r"^switch_sigma=2 leaves no slow step"),
     (dict(switch_sigma=float("nan")), r"^switch_sigma=nan"),

@@ -73,3 +73,26 @@ def test_bad_inputs_come_back_as_node_errors(live, glance_prompt):
     assert live.server.alive()
     entry = live.client.run(gs.apply_overrides(glance_prompt, {"Glance Phase KSampler.seed": 7}), timeout=120)
     assert entry["status"]["status_str"] == "success"
+
+
+def test_nan_sigmas_fail_the_prompt_naming_the_input(live, glance_prompt):
+    """A NaN in the SIGMAS (here from the host's SetFirstSigma, NaN sent as JSON) would sample a black image that
+    the server reports as a success: the phase sampler fails the prompt, naming its sigmas."""
+    ids = {n["_meta"]["title"]: i for i, n in glance_prompt.items()}
+    prompt = gs.apply_overrides(glance_prompt, {})
+    prompt["nan_sigma"] = {"class_type": "SetFirstSigma", "inputs": {"sigmas": [ids["Glance Sigmas"], 0], "sigma": math.nan},
+                           "_meta": {"title": "NaN first sigma"}}
+    prompt[ids["Glance Phase KSampler"]]["inputs"]["sigmas"] = ["nan_sigma", 0]
+    with pytest.raises(gs.PromptError) as failed:
+        live.client.run(prompt, timeout=120)
+    assert failed.value.error.get("node_type") == "GlancePhaseKSampler", failed.value.error
+    assert failed.value.error.get("exception_message", "").startswith("sigmas: value 0 of the schedule is nan")
+
+
+def test_lora_loader_names_both_missing_files(live, glance_prompt):
+    ids = {n["_meta"]["title"]: i for i, n in glance_prompt.items()}
+    both = gs.apply_overrides(glance_prompt, {"Glance LoRAs.slow_lora": "gone_slow.safetensors",
+                                              "Glance LoRAs.fast_lora": "gone_fast.safetensors"})
+    err = _refused(live, both)
+    details = " ".join(e["details"] for e in err.node_errors[ids["Glance LoRAs"]]["errors"])
+    assert "slow_lora: 'gone_slow.safetensors'" in details and "fast_lora: 'gone_fast.safetensors'" in details, details

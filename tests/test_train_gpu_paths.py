@@ -237,6 +237,42 @@ def test_interrupt_at_step_3_of_10_leaves_nothing_behind(comfy, base_dir):
     assert torch.equal(sample(comfy, model, "qwen"), reference)  # no LoRA term left in the forward pass
 
 
+def test_interrupt_inside_the_backward_pass_stays_an_interrupt(comfy, base_dir):
+    """The Cancel button lands while step 2's backward pass runs (the host checks for it in every op, also in the
+    blocks recomputed for gradient checkpointing): half of that step's graph is left unrun. The node ends with the
+    host's interrupt, the base is intact and samples as before."""
+    import comfy.model_management as mm
+
+    with torch.inference_mode():  # as a loader node makes it: inference tensors (what the executor hands on)
+        model = gm.make_qwen()
+    before = snapshot(model)
+    reference = sample(comfy, model, "qwen")
+    cut = []
+
+    def raise_in_backward(grad):
+        cut.append(1)
+        raise mm.InterruptProcessingException()  # what the host's every-op check raises
+
+    def arm_in_step_2(module, args, output):
+        # Block 0's output of step 2 (not its recompute): its gradient arrives after block 1's backward has run.
+        if torch.is_grad_enabled() and isinstance(output, tuple) and output[-1].requires_grad:
+            seen.append(1)
+            if len(seen) == 2:
+                output[-1].register_hook(raise_in_backward)
+
+    seen = []
+    handle = model.model.diffusion_model.transformer_blocks[0].register_forward_hook(arm_in_step_2)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            train(comfy, "qwen", model, "gpu_paths/interrupted_backward", steps=5, gradient_checkpointing=False)
+    finally:
+        handle.remove()
+    assert cut == [1]  # the interrupt was raised inside the backward pass of step 2
+    assert not (base_dir / "models" / "loras" / "gpu_paths" / "interrupted_backward.safetensors").exists()
+    assert_untouched(model, before)
+    assert torch.equal(sample(comfy, model, "qwen"), reference)
+
+
 def test_nan_latent_from_the_vae_is_an_error_naming_the_vae(comfy, base_dir):
     vae = gm.make_tiny_vae()
     with torch.no_grad():

@@ -8,10 +8,11 @@ parameter is added to the model; on exit the hooks are removed.
 ``frozen_base``: the base's tensors take part in autograd without being trained or copied. Every one is frozen
 (``requires_grad`` off) for the run. A tensor made under ``torch.inference_mode`` (the executor runs loaders inside
 it) and moved to the device outside it by the host keeps no version counter, and autograd refuses to save such a
-tensor for the backward pass ("Inference tensors do not track version counter"). For those, the same Python object
-is given, for the run only, a view of its own storage that has a version counter (``torch.utils.swap_tensors``, no
-data copied); on exit every object gets back exactly the tensor it had. The base's Parameter objects, dtypes,
-devices and values are the same afterwards, and no ``requires_grad`` is left behind.
+tensor for the backward pass ("Inference tensors do not track version counter"). For those, the module holds, for
+the run only, a stand-in over the same storage that has a version counter (no data copied); on exit every module
+gets back exactly the tensor object it had, however the run ended (an interrupt inside the backward pass included).
+The base's Parameter objects, dtypes, devices and values are the same afterwards, and no ``requires_grad`` is left
+behind.
 """
 from __future__ import annotations
 
@@ -91,42 +92,39 @@ def _versioned_view(t: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def frozen_base(model: torch.nn.Module):
-    """Every parameter and buffer of ``model`` frozen and usable by autograd for the duration; restored exactly."""
-    swapped: list[tuple[torch.Tensor, torch.Tensor]] = []  # (the model's object, the tensor it had)
+    """Every parameter and buffer of ``model`` frozen and usable by autograd for the duration; restored exactly.
+
+    A tensor without a version counter is not changed: its module holds, for the run, another tensor object over the
+    same storage (``_versioned_view``); on exit the module gets its own object back. Giving it back is a plain entry
+    in the module's table, so it never depends on what still refers to the stand-in (e.g. an autograd graph left
+    half run by an interrupt in the backward pass: it goes when its last reference goes, sharing the weights'
+    storage meanwhile)."""
+    replaced: list[tuple[dict, str, torch.Tensor]] = []  # (a module's _parameters or _buffers, entry, its own tensor)
+    stand_ins: dict[int, torch.Tensor] = {}  # id of the model's tensor -> its stand-in (one per tensor, also if shared)
     thawed: list[torch.Tensor] = []
-    seen: set[int] = set()
     try:
         with torch.inference_mode(False):
-            for t in list(model.parameters()) + list(model.buffers()):
-                if id(t) in seen:
-                    continue
-                seen.add(id(t))
-                plain = type(t) in (torch.Tensor, torch.nn.Parameter)
-                if plain and not _has_version_counter(t):
-                    spare = _versioned_view(t)
-                    spare.__dict__.update(t.__dict__)  # swap_tensors swaps attributes too: keep the host's on the object
-                    try:
-                        torch.utils.swap_tensors(t, spare)
-                    except RuntimeError as e:
-                        raise RuntimeError(
-                            f"model: a weight of shape {tuple(t.shape)} was loaded in inference mode and is held elsewhere, "
-                            f"so it cannot take part in training without a copy ({e}). Reload the model and train again."
-                        ) from None
-                    swapped.append((t, spare))
-                elif t.requires_grad:
-                    t.requires_grad_(False)
-                    thawed.append(t)
+            for module in model.modules():
+                for table in (module._parameters, module._buffers):
+                    for key, t in list(table.items()):
+                        if t is None:
+                            continue
+                        plain = type(t) in (torch.Tensor, torch.nn.Parameter)
+                        if plain and not _has_version_counter(t):
+                            spare = stand_ins.get(id(t))
+                            if spare is None:
+                                spare = stand_ins[id(t)] = _versioned_view(t)
+                                spare.__dict__.update(t.__dict__)  # attributes the host set on its tensor
+                            replaced.append((table, key, t))
+                            table[key] = spare
+                        elif t.requires_grad and id(t) not in stand_ins:
+                            t.requires_grad_(False)
+                            thawed.append(t)
+                            stand_ins[id(t)] = t
         yield
     finally:
-        stuck = []
-        for t, spare in reversed(swapped):
-            try:
-                torch.utils.swap_tensors(t, spare)
-            except RuntimeError:  # still referenced by a live autograd graph: the caller must drop it first
-                stuck.append(tuple(t.shape))
+        for table, key, t in reversed(replaced):
+            table[key] = t
         for t in thawed:
             with torch.inference_mode(t.is_inference()):  # an inference tensor's flag can only be set inside it
                 t.requires_grad_(True)
-        if stuck:
-            raise RuntimeError(f"model: {len(stuck)} weights (first of shape {stuck[0]}) could not be given back their "
-                               "own tensors after training; reload the model before using it again.")

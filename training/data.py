@@ -105,3 +105,21 @@ def check_conditioning(positive, patcher, recipe) -> None:
         if pooled.shape[-1] != width:
             raise ValueError(f"positive: pooled embedding width {pooled.shape[-1]} does not fit this {recipe.arch} model "
                              f"(it takes {width}); {hint}")
+
+
+def check_image_size(model, width: int, height: int, input_name: str) -> None:
+    """An error naming ``input_name`` when an image of ``width`` x ``height`` px is larger than the model's learned
+    position embedding covers (SD3-family MMDiT: ``pos_embed_max_size`` patches a side); models with RoPE take any
+    size."""
+    dm = model.model.diffusion_model
+    limit = getattr(dm, "pos_embed_max_size", None)
+    embedder = getattr(dm, "x_embedder", None)
+    if not limit or getattr(dm, "pos_embed", None) is None or embedder is None:
+        return
+    patch = int(embedder.patch_size[0])
+    down = int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8) or 8)
+    most = int(limit) * patch * down
+    for side, px in (("width", int(width)), ("height", int(height))):
+        if (px // down + 1) // patch > limit:
+            raise ValueError(f"{input_name}: an image {side} of {px} px is more than this {type(model.model).__name__} "
+                             f"model's position embedding covers ({most} px a side); use {most} px or less.")

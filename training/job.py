@@ -14,11 +14,13 @@ from typing import Callable
 import torch
 
 from ..sampling.schedule_fit import fine_schedule
+from ..schedules.checks import finite
 from ..schedules.records import latent_resolution
 from ..schedules.switch import EXPERTS, validate_switch_sigma
-from .data import check_conditioning, encode_latent, prepare_image
+from .data import check_conditioning, check_image_size, encode_latent, prepare_image
 from .distill import DistillResult, check_settings, distill_experts, expert_metadata
-from .lora_file import build_metadata, comfy_lora_state_dict, resolve_save_path, save_atomic
+from .lora_file import (build_metadata, comfy_lora_state_dict, resolve_pair, resolve_save_path, save_atomic,
+                        save_pair_atomic)
 from .recipes import TRAIN_PHASES, Recipe, detect_recipe, phase_timesteps, timesteps_to_sigmas
 from .settings import AUTO, DistillSettings, TrainSettings
 from .trainer import TrainResult, train_lora
@@ -54,6 +56,7 @@ def pick(value, default, name: str):
     """The input's value, or the architecture's default for -1; errors for other non-positive values."""
     if value == AUTO:
         return default
+    finite(value, name, f"give a positive value, or -1 for the architecture's default ({default})")
     if value <= 0:
         raise ValueError(f"{name}: {value} is not valid; give a positive value, or -1 for the architecture's default ({default}).")
     return value
@@ -100,6 +103,7 @@ def train_job(model, vae, image, positive, inputs: TrainInputs, loras_dir: Path,
     check_conditioning(positive, model, recipe)
     with torch.no_grad():
         pixels = prepare_image(image, inputs.resolution, recipe.multiple)
+        check_image_size(model, pixels.shape[2], pixels.shape[1], "resolution")
         latent = encode_latent(vae, pixels, model)
     if recipe.guidance is not None:
         positive = [[c, {**extras, "guidance": recipe.guidance}] for c, extras in positive]
@@ -168,11 +172,13 @@ def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: Di
     ``latent``: one empty latent in the model's layout)."""
     recipe = detect_recipe(model)
     settings = distill_settings(model, recipe, inputs)
-    paths = {"slow": resolve_save_path(inputs.save_name_slow, loras_dir),
-             "fast": resolve_save_path(inputs.save_name_fast, loras_dir)}
-    if paths["slow"][1] == paths["fast"][1]:
-        raise ValueError(f"save_name_fast: '{paths['fast'][0]}' is the slow expert's name too; give the two experts "
+    # Both names checked before any work; a half pair left by a cut run of these two names may be replaced.
+    (slow, fast), left_over = resolve_pair({"save_name_slow": inputs.save_name_slow,
+                                            "save_name_fast": inputs.save_name_fast}, loras_dir)
+    if slow[1] == fast[1]:
+        raise ValueError(f"save_name_fast: '{fast[0]}' is the slow expert's name too; give the two experts "
                          "different names.")
+    paths = {"slow": slow, "fast": fast}
     log.info("Glance distill: %s, %d prompt(s), %d rollouts, schedule %s (switch %.4f), cfg %g/%g, rank %d, lr %g, "
              "%d steps per expert", recipe.arch, len(prompts), settings.rollouts, [round(s, 4) for s in settings.sigmas],
              settings.switch_sigma, settings.cfg, settings.cfg_fast, settings.rank, settings.learning_rate, settings.steps)
@@ -183,14 +189,15 @@ def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: Di
     result = distill_experts(model, prompts, negative, latent, settings, recipe.arch, on_progress)
     log.info("Glance distill: teacher %d model passes; loss slow %.5g -> %.5g, fast %.5g -> %.5g",
              result.teacher_passes, *_first_last(result.losses["slow"]), *_first_last(result.losses["fast"]))
-    loras = {}
+    loras, files = {}, []
     for expert in EXPERTS:
         loras[expert] = comfy_lora_state_dict(result.adapters[expert], settings.alpha)
         metadata = build_metadata(
             base_model=recipe.arch, model_class=type(model.model).__name__, resolution=latent_resolution(latent),
             optimizer=result.optimizer, precision=result.precision, final_loss=result.losses[expert][-1],
-            prompts=len(prompts), **expert_metadata(settings, expert))
-        save_atomic(loras[expert], paths[expert][1], metadata)
+            prompts=len(prompts), pair=[slow[0], fast[0]], **expert_metadata(settings, expert))
+        files.append((f"save_name_{expert}", loras[expert], paths[expert][1], metadata))
+    save_pair_atomic(files, left_over)  # both experts or neither
     log.info("Glance distill: saved %s and %s", paths["slow"][0], paths["fast"][0])
     return DistillOutcome(file_names={e: paths[e][0] for e in EXPERTS}, loras=loras, recipe=recipe, result=result)
 

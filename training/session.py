@@ -130,8 +130,8 @@ def run_in_sampling(session: Session, guider: comfy.samplers.CFGGuider, latent: 
             try:
                 body(model_wrap, x0, model_options)
             except BaseException as e:
-                # A failed step's tensors (its autograd graph keeps the base's weights) must go before the base is
-                # restored; the traceback would keep them alive.
+                # A failed step's tensors (its autograd graph, activations) are freed now, not whenever the
+                # traceback goes; the base is restored either way (training/adapters.py frozen_base).
                 traceback.clear_frames(e.__traceback__)
                 raise
 

@@ -16,7 +16,7 @@ from comfy_api.latest import io
 from ...host_compat import fix_empty_latent
 from ...sampling.teacher import split_prompts
 from ...schedules.switch import SWITCH_SIGMA_MAX, switch_sigma_problem
-from ...training.data import check_conditioning
+from ...training.data import check_conditioning, check_image_size
 from ...training.recipes import detect_recipe
 from ...training.settings import AUTO
 
@@ -130,4 +130,6 @@ def single_empty_latent(model, latent_image) -> torch.Tensor:
         raise ValueError("latent_image: expected a LATENT (connect an empty latent of the size you generate at).")
     latent = fix_empty_latent(model, latent_image)
     check_latent_fits(model, latent, "model")
+    down = int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8) or 8)
+    check_image_size(model, latent.shape[-1] * down, latent.shape[-2] * down, "latent_image")
     return torch.zeros_like(latent[:1])
