@@ -208,7 +208,7 @@ class Batch:
         for k, image in enumerate(images, 1):
             data = server.client.view(image["filename"], image.get("subfolder", ""), "output")
             name = job.name + ("" if k == 1 else f"_{k}") + (Path(image["filename"]).suffix or ".png")
-            cl.write_atomic(self.out / name, lambda tmp: tmp.write_bytes(data))
+            cl.write_whole(self.out / name, data)
             files.append(name)
         return files
 

@@ -28,7 +28,7 @@ from pathlib import Path
 FINAL_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
 
 
-def _write_whole(path: Path, data: bytes) -> Path:
+def write_whole(path: Path, data: bytes) -> Path:
     """``data`` under ``path``, whole or not at all (a temporary file beside it takes the name in one step). This
     client runs without the pack, so it does not import the pack's writer (schedules/atomic_file.py)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -350,7 +350,7 @@ class ComfyClient:
                 if image.get("type", "output") not in kinds:
                     continue
                 data = self.view(image["filename"], image.get("subfolder", ""), image.get("type", "output"))
-                saved.append(_write_whole(out_dir / Path(image["filename"]).name, data))
+                saved.append(write_whole(out_dir / Path(image["filename"]).name, data))
         return saved
 
     def upload_image(self, path: Path, overwrite: bool = True) -> str:
