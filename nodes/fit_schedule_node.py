@@ -9,7 +9,9 @@ from comfy_api.latest import io, ui
 
 from . import schedule_files
 from .input_checks import check_prompts, latent_resolution, single_empty_latent
-from .schedule_fit import FitSettings, fit_schedule, model_identity, schedule_record
+from .sampler_fit import SUPPORTED_SAMPLERS, check_sampler
+from .sampler_schedule import fit_for_sampler, teacher_record
+from .schedule_fit import FitSettings, model_identity, schedule_record
 from .schedules import SWITCH_SIGMA_MAX, switch_sigma_problem
 from .sigma_plot import plot_sigmas
 
@@ -25,16 +27,18 @@ class GlanceFitSchedule(io.ComfyNode):
             display_name="Glance Fit Schedule",
             category="sampling/glance",
             description=(
-                "Fits a few-step schedule to YOUR model, no training and no image: the model samples a few images "
-                "on a fine schedule (e.g. 50 steps), and the fit picks the steps_slow + steps_fast points of that "
-                "schedule whose big Euler steps stay closest to the fine run. Costs about as much as sampling "
-                "'rollouts' images at fine_steps. Saves the schedule in models/glance_schedules, where Glance "
-                "Sigmas lists it as a preset."
+                "Fits a few-step schedule to YOUR model and sampler, no training and no image: the model samples a "
+                "few images on a fine schedule (e.g. 50 steps, a converged second-order teacher), and the fit picks "
+                "the steps_slow + steps_fast points of that schedule whose steps of sampler_name (its multistep "
+                "history included) stay closest to the fine run. Best from several prompts (Conditioning (Combine)). "
+                "Costs about as much as sampling 'rollouts' images at fine_steps, plus a check. Saves the schedule "
+                "in models/glance_schedules, where Glance Sigmas lists it as a preset."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to fit the schedule to (with any LoRAs or patches you sample with)."),
-                io.Conditioning.Input("positive", tooltip="A typical prompt. Several prompts: join them with Conditioning (Combine); "
-                                                          "each entry is then one prompt and the rollouts take turns."),
+                io.Conditioning.Input("positive", tooltip="Typical prompts. Recommended: several (e.g. 4-8 typical prompts joined "
+                                                          "with Conditioning (Combine); each entry is then one prompt and the "
+                                                          "rollouts take turns): a schedule fitted to one prompt fits mostly that prompt."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt you sample with (unused at cfg 1.0)."),
                 io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="The CFG scale you sample with: the schedule is fitted to the guided model."),
@@ -56,6 +60,9 @@ class GlanceFitSchedule(io.ComfyNode):
                 io.String.Input("save_name", default="", optional=True,
                                 tooltip="File name in models/glance_schedules (subfolders allowed, .json added; an existing "
                                         "file of that name is replaced). Empty: named after the model, size, cfg and steps."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", optional=True,
+                               tooltip="The sampler you will sample with: the fit minimises that sampler's own error, "
+                                       "multistep history included. It can model " + ", ".join(SUPPORTED_SAMPLERS) + "."),
             ],
             outputs=[
                 io.Sigmas.Output(display_name="SIGMAS", tooltip="The fitted schedule: connect to Glance Phase KSampler's sigmas."),
@@ -67,17 +74,23 @@ class GlanceFitSchedule(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, switch_sigma=None):
+    def validate_inputs(cls, switch_sigma=None, sampler_name=None):
         if switch_sigma is not None and (problem := switch_sigma_problem(switch_sigma)):
             return problem
+        if sampler_name is not None:
+            try:
+                check_sampler(sampler_name)
+            except ValueError as e:
+                return str(e)
         return True
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, latent_image, steps_slow, steps_fast, fine_steps, scheduler,
-                rollouts, seed, switch_sigma=AUTO_SWITCH, save_name="") -> io.NodeOutput:
+                rollouts, seed, switch_sigma=AUTO_SWITCH, save_name="", sampler_name="euler") -> io.NodeOutput:
         problem = switch_sigma_problem(switch_sigma)
         if problem:
             raise ValueError(problem)
+        check_sampler(sampler_name)
         settings = FitSettings(cfg=float(cfg), steps_slow=int(steps_slow), steps_fast=int(steps_fast),
                                fine_steps=int(fine_steps), scheduler=scheduler, rollouts=int(rollouts), seed=int(seed),
                                switch_sigma=None if switch_sigma == AUTO_SWITCH else float(switch_sigma))
@@ -104,16 +117,31 @@ class GlanceFitSchedule(io.ComfyNode):
         def on_step(done):
             bar.update_absolute(done, total)
 
-        log.info("Glance fit: %d rollouts of %d %s steps at cfg %g, %dx%d px, %d prompt(s)", settings.rollouts,
-                 settings.fine_steps, settings.scheduler, settings.cfg, *resolution, len(prompts))
-        fit = fit_schedule(model, prompts, negative, latent, settings, on_step)
+        log.info("Glance fit for %s: %d rollouts of %d %s steps at cfg %g, %dx%d px, %d prompt(s)", sampler_name,
+                 settings.rollouts, settings.fine_steps, settings.scheduler, settings.cfg, *resolution, len(prompts))
+        if len(prompts) == 1:
+            log.info("Glance fit: one prompt; a schedule fitted to one prompt fits mostly that prompt. For a schedule "
+                     "that serves your prompts, join several typical ones with Conditioning (Combine).")
+        result = fit_for_sampler(model, prompts, negative, latent, settings, sampler_name, on_step)
+        fit = result.fit
         record = schedule_record(fit, settings, identity, resolution, len(prompts))
+        record.update(teacher_record(result, settings))
         schedule_files.save(record, path)
         plain = f"{fit.plain_error:.4g}" if fit.plain_error is not None else "n/a (not on the fine schedule)"
-        log.info("Glance fit: %d model passes in %.1f s; %d slow + %d fast steps at %s, switch sigma %.4f; local Euler "
-                 "error %.4g (plain %s: %s); saved %s", fit.model_passes, fit.seconds, settings.steps_slow,
-                 settings.steps_fast, [round(float(s), 4) for s in fit.sigmas], fit.switch_sigma, fit.fit_error,
-                 settings.scheduler, plain, file_name)
+        log.info("Glance fit: %d model passes in %.1f s; %d slow + %d fast steps at %s, switch sigma %.4f; summed "
+                 "%s step error %.4g (plain %s: %s); saved %s", fit.model_passes, fit.seconds, settings.steps_slow,
+                 settings.steps_fast, [round(float(s), 4) for s in fit.sigmas], fit.switch_sigma, sampler_name,
+                 fit.fit_error, settings.scheduler, plain, file_name)
+        check = result.check
+        log.info("Glance fit: %s on the fitted schedule lands %.4g from the teacher (plain %s: %.4g, mean squared "
+                 "latent distance, %d rollout(s)); doubling the teacher's steps moves it by %.4g (%s)", sampler_name,
+                 check.fitted_error, settings.scheduler, check.plain_error, check.rollouts, check.teacher_shift,
+                 "converged: under a tenth of the fitted error" if check.converged else "NOT converged")
+        if not check.converged:
+            log.warning("Glance fit: the teacher (%d steps) is not converged for this fit: doubling its steps moves its "
+                        "result by %.3g, more than a tenth of the fitted schedule's error %.3g. Raise fine_steps "
+                        "(e.g. to %d) for a schedule fitted to the converged picture.", settings.fine_steps,
+                        check.teacher_shift, check.fitted_error, 2 * settings.fine_steps)
         title = f"fitted {settings.steps_slow}+{settings.steps_fast}: error {fit.fit_error:.3g}"
         if fit.plain_error is not None:
             title += f" (plain {fit.plain_error:.3g})"
