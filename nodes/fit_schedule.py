@@ -1,9 +1,12 @@
 """GlanceFitSchedule: a few-step schedule fitted to the user's model from its own fine-step sampling."""
 from __future__ import annotations
 
+import comfy.samplers
 from comfy_api.latest import io
 
-from ..sampling.schedule_fit import FitSettings, fit_and_save
+from ..sampling.sampler_schedule import fit_and_save
+from ..sampling.schedule_fit import FitSettings
+from ..schedules.sampler_steps import SUPPORTED_SAMPLERS, check_sampler
 from ..schedules.switch import validate_switch_sigma
 from .common.folders import schedules_dir
 from .common.inputs import (AUTO_SWITCH, cfg_input, check_prompts, scheduler_input, seed_input, single_empty_latent,
@@ -20,16 +23,18 @@ class GlanceFitSchedule(io.ComfyNode):
             display_name="Glance Fit Schedule",
             category="sampling/glance",
             description=(
-                "Fits a few-step schedule to YOUR model, no training and no image: the model samples a few images "
-                "on a fine schedule (e.g. 50 steps), and the fit picks the steps_slow + steps_fast points of that "
-                "schedule whose big Euler steps stay closest to the fine run. Costs about as much as sampling "
-                "'rollouts' images at fine_steps. Saves the schedule in models/glance_schedules, where Glance "
-                "Sigmas lists it as a preset."
+                "Fits a few-step schedule to YOUR model and sampler, no training and no image: the model samples a "
+                "few images on a fine schedule (e.g. 50 steps, a converged second-order teacher), and the fit picks "
+                "the steps_slow + steps_fast points of that schedule whose steps of sampler_name (its multistep "
+                "history included) stay closest to the fine run. Best from several prompts (Conditioning (Combine)). "
+                "Costs about as much as sampling 'rollouts' images at fine_steps, plus a check. Saves the schedule "
+                "in models/glance_schedules, where Glance Sigmas lists it as a preset."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to fit the schedule to (with any LoRAs or patches you sample with)."),
-                io.Conditioning.Input("positive", tooltip="A typical prompt. Several prompts: join them with Conditioning (Combine); "
-                                                          "each entry is then one prompt and the rollouts take turns."),
+                io.Conditioning.Input("positive", tooltip="Typical prompts. Recommended: several (e.g. 4-8 typical prompts joined "
+                                                          "with Conditioning (Combine); each entry is then one prompt and the "
+                                                          "rollouts take turns): a schedule fitted to one prompt fits mostly that prompt."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt you sample with (unused at cfg 1.0)."),
                 cfg_input("cfg", "The CFG scale you sample with: the schedule is fitted to the guided model."),
                 size_latent_input(),
@@ -47,6 +52,9 @@ class GlanceFitSchedule(io.ComfyNode):
                 io.String.Input("save_name", default="", optional=True,
                                 tooltip="File name in models/glance_schedules (subfolders allowed, .json added; an existing "
                                         "file of that name is replaced). Empty: named after the model, size, cfg and steps."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", optional=True,
+                               tooltip="The sampler you will sample with: the fit minimises that sampler's own error, "
+                                       "multistep history included. It can model " + ", ".join(SUPPORTED_SAMPLERS) + "."),
             ],
             outputs=[
                 io.Sigmas.Output(display_name="SIGMAS", tooltip="The fitted schedule: connect to Glance Phase KSampler's sigmas."),
@@ -58,19 +66,20 @@ class GlanceFitSchedule(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, switch_sigma=None):
-        return validate_inputs(switch_sigma)
+    def validate_inputs(cls, switch_sigma=None, sampler_name=None):
+        return validate_inputs(switch_sigma, None if sampler_name is None else sampler_problem(sampler_name))
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, latent_image, steps_slow, steps_fast, fine_steps, scheduler,
-                rollouts, seed, switch_sigma=AUTO_SWITCH, save_name="") -> io.NodeOutput:
+                rollouts, seed, switch_sigma=AUTO_SWITCH, save_name="", sampler_name="euler") -> io.NodeOutput:
         switch = validate_switch_sigma(switch_sigma)
+        check_sampler(sampler_name)
         settings = FitSettings(cfg=float(cfg), steps_slow=int(steps_slow), steps_fast=int(steps_fast),
                                fine_steps=int(fine_steps), scheduler=scheduler, rollouts=int(rollouts), seed=int(seed),
                                switch_sigma=None if switch == AUTO_SWITCH else switch)
         prompts = check_prompts(model, positive, negative)
         latent = single_empty_latent(model, latent_image)
-        fit = fit_and_save(model, prompts, negative, latent, settings, schedules_dir(), save_name,
+        fit = fit_and_save(model, prompts, negative, latent, settings, schedules_dir(), save_name, sampler_name,
                            NodeProgress(cls)).fit
         title = f"fitted {settings.steps_slow}+{settings.steps_fast}: error {fit.fit_error:.3g}"
         if fit.plain_error is not None:
@@ -78,3 +87,11 @@ class GlanceFitSchedule(io.ComfyNode):
         plot = plot_sigmas(fit.sigmas, fit.switch_sigma, title, reference=fit.plain_sigmas,
                            reference_label=f"plain {settings.scheduler}")
         return with_preview(cls, fit.sigmas, fit.switch_sigma, plot, image=plot)
+
+
+def sampler_problem(sampler_name: str) -> str | None:
+    try:
+        check_sampler(sampler_name)
+    except ValueError as e:
+        return str(e)
+    return None

@@ -16,14 +16,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import comfy.samplers
 import torch
 
-from ..schedules import files
-from ..schedules.records import latent_resolution, model_identity, schedule_record
 from ..schedules.search import fit_path, local_errors, nearest_node, on_grid, path_error
 from ..schedules.switch import switch_between
 from . import teacher
@@ -132,30 +129,3 @@ def fit_schedule(patcher, prompts: list, negative, latent: torch.Tensor, setting
         plain_error=path_error(errors, plain_nodes) if plain_nodes is not None else None,
         model_passes=passes, seconds=time.perf_counter() - start, errors=errors,
     )
-
-
-def fit_and_save(patcher, prompts: list, negative, latent: torch.Tensor, settings: FitSettings, schedules_dir: Path,
-                 save_name: str = "", on_progress: Callable[[int, int], None] | None = None) -> FitOutcome:
-    """The fit, start to end: checks, the save name (empty: named after the model, size, cfg and steps), the fit,
-    and its record saved in ``schedules_dir``. ``on_progress(done, total)`` counts rollout-steps."""
-    check_settings(settings)
-    check_switch_in_range(patcher, settings.switch_sigma)
-    identity = model_identity(patcher)
-    resolution = latent_resolution(latent)
-    if not (save_name or "").strip():
-        save_name = files.auto_name(identity["model_class"], identity["fingerprint"], *resolution, settings.cfg,
-                                    settings.steps_slow, settings.steps_fast)
-    file_name, path = files.resolve_save_path(save_name, schedules_dir)
-    log.info("Glance fit: %d rollouts of %d %s steps at cfg %g, %dx%d px, %d prompt(s)", settings.rollouts,
-             settings.fine_steps, settings.scheduler, settings.cfg, *resolution, len(prompts))
-    total = settings.rollouts * settings.fine_steps
-    on_step = None if on_progress is None else (lambda done: on_progress(done, total))
-    fit = fit_schedule(patcher, prompts, negative, latent, settings, on_step)
-    record = schedule_record(fit, settings, identity, resolution, len(prompts))
-    files.save(record, path)
-    plain = f"{fit.plain_error:.4g}" if fit.plain_error is not None else "n/a (not on the fine schedule)"
-    log.info("Glance fit: %d model passes in %.1f s; %d slow + %d fast steps at %s, switch sigma %.4f; local Euler "
-             "error %.4g (plain %s: %s); saved %s", fit.model_passes, fit.seconds, settings.steps_slow,
-             settings.steps_fast, [round(float(s), 4) for s in fit.sigmas], fit.switch_sigma, fit.fit_error,
-             settings.scheduler, plain, file_name)
-    return FitOutcome(fit=fit, file_name=file_name, record=record)

@@ -68,16 +68,17 @@ class _Recorder(comfy.samplers.Sampler):
 
 
 def rollout_batch(patcher, positive, negative, cfg: float, latent: torch.Tensor, sigmas: torch.Tensor, seeds: list[int],
-                  prompt: int = 0, on_step: Callable[[int], None] | None = None) -> list[Rollout]:
+                  prompt: int = 0, on_step: Callable[[int], None] | None = None, sampler: str = "euler") -> list[Rollout]:
     """Teacher rollouts of one prompt in one batch: ``euler`` over ``sigmas``, rollout b from the noise of
-    ``seeds[b]`` (the noise the host's KSampler draws for that seed), recorded at every point.
+    ``seeds[b]`` (the noise the host's KSampler draws for that seed), recorded at every point (``sampler``: another
+    of the host's samplers instead of ``euler``; the velocity recorded is still ``(x - denoised) / sigma``).
 
     ``latent`` is the (empty) latent of one image in the model's layout; ``on_step(i)`` runs after each step
     (progress, interrupts)."""
     guider = comfy.samplers.CFGGuider(patcher)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
-    recorder = _Recorder(comfy.samplers.sampler_object("euler"), on_step)
+    recorder = _Recorder(comfy.samplers.sampler_object(sampler), on_step)
     noise = torch.cat([comfy.sample.prepare_noise(latent, seed) for seed in seeds])
     guider.sample(noise, latent.expand(len(seeds), *latent.shape[1:]).contiguous(), recorder, sigmas, disable_pbar=True,
                   seed=seeds[0])
@@ -102,7 +103,8 @@ def batch_size(patcher, latent: torch.Tensor, wanted: int) -> int:
 
 
 def rollouts(patcher, prompts: list, negative, cfg: float, latent: torch.Tensor, sigmas: torch.Tensor, count: int,
-             seed: int, on_rollout: Callable[[Rollout], None], on_step: Callable[[int], None] | None = None) -> int:
+             seed: int, on_rollout: Callable[[Rollout], None], on_step: Callable[[int], None] | None = None,
+             sampler: str = "euler") -> int:
     """``count`` rollouts (rollout r: prompt r mod len(prompts), seed + r), each handed to ``on_rollout`` as its
     batch finishes (so that only one batch is held at a time). A prompt's rollouts run in batches (``batch_size``);
     ``on_step(done)`` after each step, ``done`` counting rollout-steps (a batch of b rollouts adds b per step).
@@ -124,7 +126,7 @@ def rollouts(patcher, prompts: list, negative, cfg: float, latent: torch.Tensor,
                     on_step(first + (i + 1) * n)
 
             for r in rollout_batch(counted, prompts[p], negative, cfg, latent, sigmas, [seed + r for r in batch],
-                                   prompt=p, on_step=step):
+                                   prompt=p, on_step=step, sampler=sampler):
                 on_rollout(r)
             done += steps * len(batch)
     return counter.passes

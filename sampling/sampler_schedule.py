@@ -1,0 +1,312 @@
+"""The fit for a sampler: a converged teacher, the sampler's own step errors (history included), the path, and a
+check of both on the host's own sampler.
+
+1. Teacher rollouts (``teacher.py``) on the fine schedule with ``TEACHER_SAMPLER`` (second order: at the same
+   number of steps it lands far closer to the converged picture than Euler), recording X_i and D_i at every point.
+2. The mean Gram matrix of those vectors gives every step's error for the chosen sampler (``schedules/sampler_steps.py``), and the
+   dynamic programme over (previous point, point) the least-error path of steps_slow + steps_fast steps.
+3. Checks, on the first ``check_rollouts`` rollouts: the teacher again at twice the fine steps (how far doubling
+   moves its result: the teacher counts as converged when that is under a tenth of the fitted schedule's error),
+   and the host's own sampler on the fitted schedule and on the plain one (their end errors to the doubled
+   teacher, the numbers the log and the schedule file report).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+import torch
+
+from ..schedules import files, sampler_steps
+from ..schedules.records import latent_resolution, model_identity, schedule_record
+from ..schedules.search import nearest_node, on_grid
+from ..schedules.switch import switch_between
+from . import schedule_fit, teacher
+
+log = logging.getLogger("comfyui-glance")
+
+TEACHER_SAMPLER = "dpmpp_2m"
+CHECK_ROLLOUTS = 2  # rollouts the check samples again (the first ones: with several prompts, the first prompts)
+CONVERGED_RATIO = 0.1  # doubling the teacher's steps must move its result by less than this share of the fitted error
+
+
+@dataclass
+class Check:
+    rollouts: int
+    teacher_shift: float  # mean squared distance between the teacher at fine_steps and at 2 x fine_steps
+    fitted_error: float  # the sampler on the fitted schedule, to the doubled teacher
+    plain_error: float  # the sampler on the plain schedule of the same scheduler and steps
+    converged: bool
+    passes: int
+
+
+@dataclass
+class SamplerFit:
+    fit: schedule_fit.ScheduleFit
+    sampler: str
+    check: Check | None
+    extras: dict = field(default_factory=dict)
+
+
+def _end_states(patcher, positive, negative, cfg, latent, sigmas, seeds, sampler_name) -> torch.Tensor:
+    """What the host's sampler ``sampler_name`` samples over ``sigmas`` from the noise of each seed (one batch)."""
+    guider = comfy.samplers.CFGGuider(patcher)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    noise = torch.cat([comfy.sample.prepare_noise(latent, seed) for seed in seeds])
+    out = guider.sample(noise, latent.expand(len(seeds), *latent.shape[1:]).contiguous(),
+                        comfy.samplers.sampler_object(sampler_name), sigmas, disable_pbar=True, seed=seeds[0])
+    return patcher.model.process_latent_in(out).float().cpu()  # in the space the sampler steps in (the teacher's)
+
+
+def _denoiser(patcher, prompts, negative, cfg, latent):
+    """evaluate(b, xs, ss) for ``sampler_steps.student_state_path``: the guided model's denoised prediction for
+    prompt b at states xs[m] (in the sampler's space) and sigmas ss[m], through the host's own guider (a
+    ``KSAMPLER`` whose function only evaluates the model it is handed)."""
+    def evaluate(b: int, xs: list, ss: list) -> list:
+        out = []
+
+        def run(model, x, sigmas, extra_args=None, callback=None, disable=None):
+            for xm, sm in zip(xs, ss):
+                mm.throw_exception_if_processing_interrupted()
+                xm = xm.to(x.device, x.dtype)
+                out.append(model(xm, sm * xm.new_ones([xm.shape[0]]), **(extra_args or {})).double().cpu())
+            return x
+
+        rows = xs[0].shape[0]
+        guider = comfy.samplers.CFGGuider(patcher)
+        guider.set_conds(prompts[b], negative)
+        guider.set_cfg(cfg)
+        blank = latent.expand(rows, *latent.shape[1:]).contiguous()
+        guider.sample(torch.zeros_like(blank), blank, comfy.samplers.KSAMPLER(run), torch.tensor([max(ss), 0.0]),
+                      disable_pbar=True, seed=0)
+        return out
+    return evaluate
+
+
+STUDENT_STATE = "student-state"
+TEACHER_LOCAL = "teacher-local"
+REFINED = "refined"  # the teacher-local path, then refined against the sampler's true end error
+REFINE_SWEEPS = 3  # sweeps of the refinement over the path's points (each tries one fine point earlier and later)
+
+
+def refine_path(end_error: Callable[[list[int]], float], nodes: list[int], fixed: set[int] = frozenset(),
+                sweeps: int = REFINE_SWEEPS) -> tuple[list[int], float, int]:
+    """Derivative-free refinement of a path on the fine grid against the TRUE end error of the sampler (its own
+    states, history and error propagation included): each interior point in turn moves one fine point up or down
+    while that lowers ``end_error``; ``fixed`` positions stay. Returns (points, end error, evaluations)."""
+    best = end_error(nodes)
+    calls = 1
+    for _ in range(sweeps):
+        moved = False
+        for pos in range(1, len(nodes) - 1):
+            if pos in fixed:
+                continue
+            for delta in (-1, 1):
+                while True:
+                    cand = list(nodes)
+                    cand[pos] += delta
+                    if not cand[pos - 1] < cand[pos] < cand[pos + 1]:
+                        break
+                    err = end_error(cand)
+                    calls += 1
+                    if err >= best:
+                        break
+                    nodes, best, moved = cand, err, True
+        if not moved:
+            break
+    return nodes, best, calls
+
+
+def default_method(sampler: str) -> str:
+    """The sampler's own states (what benchmarks/repro/schedules.py --variants measured best or level at 6 steps:
+    Euler 29.8 dB against 26.9 for the teacher-local path, dpmpp_2m level within the noise)."""
+    return STUDENT_STATE
+
+
+def fit_for_sampler(patcher, prompts: list, negative, latent: torch.Tensor, settings: schedule_fit.FitSettings,
+                    sampler: str, on_step: Callable[[int], None] | None = None, check_rollouts: int | None = None,
+                    teacher_sampler: str = TEACHER_SAMPLER, method: str | None = None) -> SamplerFit:
+    sampler_steps.check_sampler(sampler)
+    schedule_fit.check_settings(settings)
+    start = time.perf_counter()
+    model_sampling = patcher.get_model_object("model_sampling")
+    fine = schedule_fit.fine_schedule(model_sampling, settings.scheduler, settings.fine_steps)
+    n = settings.steps_slow + settings.steps_fast
+    through = None
+    if settings.switch_sigma is not None:
+        m = nearest_node(fine, settings.switch_sigma)
+        if m < settings.steps_slow or settings.fine_steps - m < settings.steps_fast:
+            raise ValueError(
+                f"switch_sigma={settings.switch_sigma:g}: its nearest fine point ({float(fine[m]):.4f}, point "
+                f"{m} of {settings.fine_steps}) leaves {m} fine steps above it for steps_slow="
+                f"{settings.steps_slow} and {settings.fine_steps - m} below for steps_fast={settings.steps_fast}; "
+                "move the switch, take fewer steps or raise fine_steps.")
+        through = (settings.steps_slow, m)
+
+    size = 2 * settings.fine_steps + 1
+    g = torch.zeros((size, size), dtype=torch.float64)
+    ends: dict[int, torch.Tensor] = {}  # rollout index -> the teacher's end state, for the check
+    method = method or default_method(sampler)
+    states: dict[int, list] = {}  # prompt -> its rollouts' states (the student-state path's targets)
+
+    def add(r: teacher.Rollout) -> None:
+        denoised = r.x[:-1] - fine[:-1].view(-1, *[1] * (r.x.dim() - 1)) * r.velocity
+        g.add_(sampler_steps.gram(r.x, denoised))
+        ends[r.seed - settings.seed] = r.x[-1]
+        if method == STUDENT_STATE:
+            states.setdefault(r.prompt, []).append(r.x)
+
+    passes = teacher.rollouts(patcher, prompts, negative, settings.cfg, latent, fine, settings.rollouts, settings.seed,
+                              add, on_step, sampler=teacher_sampler)
+    g /= settings.rollouts
+    e = sampler_steps.step_errors(g, fine, sampler)
+    if method == STUDENT_STATE:
+        counter = teacher.PassCounter()
+        order = sorted(states)
+        evaluate = _denoiser(counter.attach(patcher), [prompts[p] for p in order], negative, settings.cfg, latent)
+        _, nodes, _ = sampler_steps.student_state_path(evaluate, [torch.stack(states[p]) for p in order], fine, sampler,
+                                                     n, through)
+        passes += counter.passes
+        error = float(sum(e[(h + 1) if j > 0 else 0, i, k] for j, (h, i, k) in
+                          enumerate(zip([-1] + nodes[:-2], nodes[:-1], nodes[1:]))))
+    elif method in (TEACHER_LOCAL, REFINED):
+        error, nodes = sampler_steps.least_error_path(e, n, through)
+    else:
+        raise ValueError(f"method={method!r}: {STUDENT_STATE}, {TEACHER_LOCAL} or {REFINED}")
+    if method == REFINED:
+        counter = teacher.PassCounter()
+        counted = counter.attach(patcher)
+        groups = [(p, [r for r in range(p, settings.rollouts, len(prompts))]) for p in range(min(len(prompts), settings.rollouts))]
+
+        def end_error(candidate: list[int]) -> float:
+            total = 0.0
+            for p, rs in groups:
+                mm.throw_exception_if_processing_interrupted()
+                out = _end_states(counted, prompts[p], negative, settings.cfg, latent, fine[candidate],
+                                  [settings.seed + r for r in rs], sampler)
+                total += float(((out - torch.stack([ends[r] for r in rs])) ** 2).reshape(len(rs), -1).mean(1).sum())
+            return total / settings.rollouts
+
+        nodes, _, _ = refine_path(end_error, nodes, {through[0]} if through else set())
+        passes += counter.passes
+        error = float(sum(e[h + 1, i, k] for h, i, k in zip([-1] + nodes[:-2], nodes[:-1], nodes[1:])))
+    sigmas = fine[nodes].clone()
+    plain = comfy.samplers.calculate_sigmas(model_sampling, settings.scheduler, n).float().cpu()
+    plain_nodes = on_grid(fine, plain)
+    plain_error = None
+    if plain_nodes is not None:
+        plain_error = float(sum(e[(h + 1) if j > 0 else 0, i, k] for j, (h, i, k) in
+                                enumerate(zip([-1] + plain_nodes[:-2], plain_nodes[:-1], plain_nodes[1:]))))
+    fit = schedule_fit.ScheduleFit(
+        sigmas=sigmas, switch_sigma=switch_between(sigmas, settings.steps_slow), nodes=nodes,
+        fit_error=error, plain_sigmas=plain, plain_error=plain_error, model_passes=passes,
+        seconds=0.0)
+
+    check = None
+    count = min(CHECK_ROLLOUTS if check_rollouts is None else check_rollouts, settings.rollouts)
+    if count > 0:
+        check = _check(patcher, prompts, negative, latent, settings, sampler, teacher_sampler, sigmas, plain, ends,
+                       count)
+        fit.model_passes += check.passes
+    fit.seconds = time.perf_counter() - start
+    return SamplerFit(fit=fit, sampler=sampler, check=check, extras={"method": method})
+
+
+def _check(patcher, prompts, negative, latent, settings, sampler, teacher_sampler, sigmas, plain, ends, count) -> Check:
+    """The doubled teacher, the fitted and the plain schedule on the first ``count`` rollouts (rollout r: prompt
+    r mod len(prompts), seed + r, as the teacher's)."""
+    counter = teacher.PassCounter()
+    counted = counter.attach(patcher)
+    model_sampling = patcher.get_model_object("model_sampling")
+    doubled = schedule_fit.fine_schedule(model_sampling, settings.scheduler, 2 * settings.fine_steps)
+    shift = fitted = plain_error = 0.0
+    for r in range(count):
+        mm.throw_exception_if_processing_interrupted()
+        p = prompts[r % len(prompts)]
+        seeds = [settings.seed + r]
+        ref = _end_states(counted, p, negative, settings.cfg, latent, doubled, seeds, teacher_sampler)
+        shift += float(((ends[r] - ref[0]) ** 2).mean())
+        fitted += float(((_end_states(counted, p, negative, settings.cfg, latent, sigmas, seeds, sampler) - ref) ** 2).mean())
+        plain_error += float(((_end_states(counted, p, negative, settings.cfg, latent, plain, seeds, sampler) - ref) ** 2).mean())
+    shift, fitted, plain_error = shift / count, fitted / count, plain_error / count
+    return Check(rollouts=count, teacher_shift=shift, fitted_error=fitted, plain_error=plain_error,
+                 converged=shift < CONVERGED_RATIO * fitted, passes=counter.passes)
+
+
+def teacher_record(result: SamplerFit, settings: schedule_fit.FitSettings) -> dict:
+    """What the schedule file adds about the sampler and the teacher (and how converged it was)."""
+    c = result.check
+    return {
+        "sampler": result.sampler,
+        "method": result.extras.get("method"),
+        "teacher": {
+            "sampler": TEACHER_SAMPLER,
+            "steps": settings.fine_steps,
+            "scheduler": settings.scheduler,
+            "check_rollouts": c.rollouts if c else 0,
+            "doubled_steps_shift": c.teacher_shift if c else None,
+            "fitted_end_error": c.fitted_error if c else None,
+            "plain_end_error": c.plain_error if c else None,
+            "converged": c.converged if c else None,
+            "rule": f"doubling the teacher's steps moves its result by less than {CONVERGED_RATIO:g} x the fitted "
+                    "schedule's end error (mean squared latent distances, to the doubled teacher)",
+        },
+    }
+
+
+def fit_and_save(patcher, prompts: list, negative, latent: torch.Tensor, settings: schedule_fit.FitSettings,
+                 schedules_dir: Path, save_name: str = "", sampler: str = "euler",
+                 on_progress: Callable[[int, int], None] | None = None) -> schedule_fit.FitOutcome:
+    """The fit for ``sampler``, start to end: checks, the save name (empty: named after the model, size, cfg and
+    steps), the fit, and its record saved in ``schedules_dir``. ``on_progress(done, total)`` counts the teacher's
+    rollout-steps."""
+    sampler_steps.check_sampler(sampler)
+    schedule_fit.check_settings(settings)
+    schedule_fit.check_switch_in_range(patcher, settings.switch_sigma)
+    identity = model_identity(patcher)
+    resolution = latent_resolution(latent)
+    if not (save_name or "").strip():
+        save_name = files.auto_name(identity["model_class"], identity["fingerprint"], *resolution, settings.cfg,
+                                    settings.steps_slow, settings.steps_fast)
+    file_name, path = files.resolve_save_path(save_name, schedules_dir)
+    log.info("Glance fit for %s: %d rollouts of %d %s steps at cfg %g, %dx%d px, %d prompt(s)", sampler,
+             settings.rollouts, settings.fine_steps, settings.scheduler, settings.cfg, *resolution, len(prompts))
+    if len(prompts) == 1:
+        log.info("Glance fit: one prompt; a schedule fitted to one prompt fits mostly that prompt. For a schedule "
+                 "that serves your prompts, join several typical ones with Conditioning (Combine).")
+    total = settings.rollouts * settings.fine_steps
+    on_step = None if on_progress is None else (lambda done: on_progress(min(done, total), total))
+    result = fit_for_sampler(patcher, prompts, negative, latent, settings, sampler, on_step)
+    fit = result.fit
+    record = schedule_record(fit, settings, identity, resolution, len(prompts))
+    record.update(teacher_record(result, settings))
+    files.save(record, path)
+    _log_fit(result, settings, file_name)
+    return schedule_fit.FitOutcome(fit=fit, file_name=file_name, record=record)
+
+
+def _log_fit(result: SamplerFit, settings: schedule_fit.FitSettings, file_name: str) -> None:
+    fit, sampler, check = result.fit, result.sampler, result.check
+    plain = f"{fit.plain_error:.4g}" if fit.plain_error is not None else "n/a (not on the fine schedule)"
+    log.info("Glance fit: %d model passes in %.1f s; %d slow + %d fast steps at %s, switch sigma %.4f; summed "
+             "%s step error %.4g (plain %s: %s); saved %s", fit.model_passes, fit.seconds, settings.steps_slow,
+             settings.steps_fast, [round(float(s), 4) for s in fit.sigmas], fit.switch_sigma, sampler,
+             fit.fit_error, settings.scheduler, plain, file_name)
+    if check is None:
+        return
+    log.info("Glance fit: %s on the fitted schedule lands %.4g from the teacher (plain %s: %.4g, mean squared "
+             "latent distance, %d rollout(s)); doubling the teacher's steps moves it by %.4g (%s)", sampler,
+             check.fitted_error, settings.scheduler, check.plain_error, check.rollouts, check.teacher_shift,
+             "converged: under a tenth of the fitted error" if check.converged else "NOT converged")
+    if not check.converged:
+        log.warning("Glance fit: the teacher (%d steps) is not converged for this fit: doubling its steps moves its "
+                    "result by %.3g, more than a tenth of the fitted schedule's error %.3g. Raise fine_steps "
+                    "(e.g. to %d) for a schedule fitted to the converged picture.", settings.fine_steps,
+                    check.teacher_shift, check.fitted_error, 2 * settings.fine_steps)
