@@ -139,7 +139,7 @@ class GlanceDistillExperts(io.ComfyNode):
                  result.teacher_passes, *_first_last(result.losses["slow"]), *_first_last(result.losses["fast"]))
 
         experts, names = {}, {}
-        resolution = latent_resolution(latent)
+        resolution = latent_resolution(latent, model)
         for phase, name, path in (("slow", name_slow, path_slow), ("fast", name_fast, path_fast)):
             sd = comfy_lora_state_dict(result.adapters[phase], alpha)
             metadata = build_metadata(

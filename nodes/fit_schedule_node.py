@@ -90,7 +90,7 @@ class GlanceFitSchedule(io.ComfyNode):
                 raise ValueError(f"switch_sigma={settings.switch_sigma:g} is outside this model's sigma range (0, {top:g}); "
                                  "give a sigma inside it, or 0 to let the fit place the switch.")
         identity = model_identity(model)
-        resolution = latent_resolution(latent)
+        resolution = latent_resolution(latent, model)
         if save_name and save_name.strip():
             file_name, path = schedule_files.resolve_save_path(save_name)
         else:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..host_compat import fix_empty_latent
+from ..host_compat import fix_empty_latent, latent_downscale
 from ..training.data import check_conditioning
 from ..training.recipes import detect_recipe
 from .teacher import split_prompts
@@ -49,6 +49,8 @@ def single_empty_latent(model, latent_image) -> torch.Tensor:
     return torch.zeros_like(latent[:1])
 
 
-def latent_resolution(latent: torch.Tensor) -> list[int]:
-    """[width, height] in pixels (latents are 1/8 of the image on every supported model)."""
-    return [int(latent.shape[-1]) * 8, int(latent.shape[-2]) * 8]
+def latent_resolution(latent: torch.Tensor, model) -> list[int]:
+    """[width, height] in pixels of the image ``model``'s VAE makes from ``latent`` (its own downscale: 8 for most
+    families, 16 for Flux.2 and Wan 2.2 5B, 32 for HunyuanImage 2.1 and LTXV)."""
+    ratio = latent_downscale(model)
+    return [int(latent.shape[-1]) * ratio, int(latent.shape[-2]) * ratio]

@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from ..host_compat import latent_downscale
 from .data import check_conditioning, encode_latent, prepare_image
 from .lora_file import build_metadata, comfy_lora_state_dict, resolve_save_path, save_atomic
 from .loop import TrainResult, TrainSettings, train_lora
@@ -78,7 +79,7 @@ def run(model, vae, image, positive, inputs: TrainInputs, loras_dir: Path,
                     "with gradient checkpointing; it was turned on.", recipe.arch)
         checkpointing = True
     with torch.no_grad():
-        pixels = prepare_image(image, inputs.resolution, recipe.multiple)
+        pixels = prepare_image(image, inputs.resolution, max(recipe.multiple, latent_downscale(model)))
         latent = encode_latent(vae, pixels, model)
     if recipe.guidance is not None:
         positive = [[c, {**extras, "guidance": recipe.guidance}] for c, extras in positive]

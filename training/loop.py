@@ -22,6 +22,7 @@ import torch.utils.checkpoint
 from ..host_compat import non_dynamic, training_mode
 from . import memory, precision
 from .adapters import frozen_base, lora_terms, target_layers
+from .recipes import flow_time
 
 GRAD_CLIP = 1.0
 log = logging.getLogger(__name__)
@@ -128,17 +129,34 @@ def trainable_blocks(dm: torch.nn.Module, list_names: tuple[str, ...], checkpoin
 def optimizer_step(loss: torch.Tensor, params, optimizer, scaler=None) -> None:
     """Backward, clip to GRAD_CLIP, step, clear. With an fp16 loss ``scaler``: the loss is scaled, the gradients
     unscaled before clipping, and a step with inf/NaN gradients is skipped."""
+    _backward(loss if scaler is None else scaler.scale(loss))
     if scaler is None:
-        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimizer.step()
     else:
-        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         scaler.step(optimizer)
         scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+class NotTrainableError(RuntimeError):
+    pass
+
+
+def _backward(loss: torch.Tensor) -> None:
+    """``loss.backward()``; a clear error when the host's model runs an operation autograd cannot differentiate
+    (v0.33's Cosmos Predict2 attention runs comfy_kitchen's fused rms_rope_split_half kernel, which has none)."""
+    try:
+        loss.backward()
+    except RuntimeError as e:
+        if "no autograd formula" not in str(e):
+            raise
+        raise NotTrainableError(
+            f"model: this ComfyUI version runs an operation in this model that cannot be trained through ({e}). "
+            "No LoRA can be trained on this model with this ComfyUI version; sampling, Glance Sigmas and Glance Fit "
+            "Schedule still work. Nothing was saved.") from None
 
 
 def optimizer_name(device: torch.device) -> str:
@@ -241,6 +259,7 @@ def train_lora(patcher, latent: torch.Tensor, positive: list, settings: TrainSet
     def run(inner, conds, x0, model_options):
         memory.check_full_load(work, est, device)  # the guider's own load must not have offloaded part of it
         x0 = x0.float()
+        ms = inner.model_sampling
         sigma_table = torch.tensor(settings.sigmas, dtype=torch.float32)
         with frozen_base(inner), lora_terms(dm, targets, settings.rank, settings.alpha, settings.seed, device) as pairs, \
                 trainable_blocks(dm, settings.block_lists, settings.gradient_checkpointing):
@@ -255,14 +274,16 @@ def train_lora(patcher, latent: torch.Tensor, positive: list, settings: TrainSet
                 noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device)
                 drop = float(torch.rand((), generator=gen)) < settings.caption_dropout
                 sigma = sigma_table[index].expand(x0.shape[0]).to(device)
-                s = sigma.view(view)
-                x_t = (1.0 - s) * x0 + s * noise
+                # The noisy latent as the host's sampler makes it (x_t = (1 - sigma) x0 + sigma noise for
+                # rectified-flow models; x0 + sigma noise for Cosmos, whose network sees x / (1 + sigma)).
+                x_t = ms.noise_scaling(sigma, noise, x0)
                 with prec.autocast_context(device):
                     denoised = comfy.samplers.calc_cond_batch(
                         inner, [conds["dropped" if drop else "positive"]], x_t, sigma, model_options)[0]
-                # CONST models: denoised = x_t - v * sigma, so this recovers the network's velocity exactly.
-                v_pred = (x_t - denoised.float()) / s
-                loss = torch.nn.functional.mse_loss(v_pred, noise - x0)
+                # The velocity loss: for a flow model at flow time t, denoised = x_t - t * v_pred, so the network's
+                # velocity error v_pred - (noise - x0) is exactly (x0 - denoised) / t.
+                t = flow_time(ms, sigma).view(view)
+                loss = torch.mean(((x0 - denoised.float()) / t) ** 2)
                 if not torch.isfinite(loss):
                     raise NaNLossError(
                         f"Training stopped at step {step + 1}/{settings.steps}: the loss is {loss.item()} (not finite). "
