@@ -277,3 +277,20 @@ def test_unsupported_family_error_names_the_model_class(comfy, pack):
     assert recipes.is_flow(model.get_model_object("model_sampling"))
     with pytest.raises(ValueError, match=r"no LoRA recipe for this GenmoMochi model .*Glance Fit Schedule work with it"):
         recipes.detect_recipe(model)
+
+
+def test_cosmos_flow_time_is_the_hosts(cases, pack):
+    """Cosmos Predict2 samples x = x0 + sigma noise and its network sees x / (1 + sigma): the flow state
+    (1 - t) x0 + t noise at the trainer's t = flow_time(sigma), and sampler_sigma inverts it."""
+    recipes = pack("training.recipes")
+    ms = cases("Cosmos Predict2").model.get_model_object("model_sampling")
+    assert recipes.is_flow(ms)
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn((1, 16, 1, 4, 4), generator=gen), torch.randn((1, 16, 1, 4, 4), generator=gen)
+    for sigma in (0.05, 1.0, 7.5, 80.0):
+        s = torch.tensor([sigma])
+        t = float(recipes.flow_time(ms, s))
+        network_input = ms.calculate_input(s, ms.noise_scaling(s, noise, x0))
+        assert torch.allclose(network_input, (1 - t) * x0 + t * noise, atol=1e-5)
+        assert abs(recipes.sampler_sigma(ms, t) - sigma) < 1e-4 * sigma
+
