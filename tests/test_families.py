@@ -294,3 +294,34 @@ def test_cosmos_flow_time_is_the_hosts(cases, pack):
         assert torch.allclose(network_input, (1 - t) * x0 + t * noise, atol=1e-5)
         assert abs(recipes.sampler_sigma(ms, t) - sigma) < 1e-4 * sigma
 
+
+
+class SigmaRecorder(Recorder):
+    """Also records the sigma of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.sigmas: list[float] = []
+
+    def __call__(self, executor, x, t, *args, **kwargs):
+        self.sigmas.append(float(t.flatten()[0]))
+        return super().__call__(executor, x, t, *args, **kwargs)
+
+
+@pytest.mark.parametrize("preset, boundary", [("wan22_t2v_boundary_0.875", 0.875), ("wan22_i2v_boundary_0.9", 0.9)])
+def test_wan22_two_experts_hand_over_at_the_boundary(comfy, cases, preset, boundary):
+    """Wan 2.2 A14B: the high-noise expert (model_slow) runs every step that starts above the boundary, the
+    low-noise expert (model_fast, another model) every step from it down, in one Glance Phase KSampler run."""
+    case = cases("Wan 2.2 A14B")
+    low = F.build("Wan 2.2 A14B", seed=1)
+    sigmas, switch = run(comfy, "GlanceSigmas", model=case.model, preset=preset, steps_slow=3, steps_fast=4,
+                         switch_sigma=0.5, scheduler="simple")[:2]
+    assert switch == boundary and len(sigmas) == 8 and float(sigmas[3]) == pytest.approx(boundary)
+    assert all(float(s) > boundary for s in sigmas[:3]) and all(float(s) < boundary for s in sigmas[4:])
+    high_rec, low_rec = SigmaRecorder(), SigmaRecorder()
+    out = run(comfy, "GlancePhaseKSampler", model_slow=high_rec.attach(case.model), model_fast=low_rec.attach(low),
+              positive=case.positive, negative=case.negative, latent_image=case.latent, seed=3, steps=7,
+              switch_sigma=switch, cfg_slow=1.0, cfg_fast=1.0, sampler_name="euler", scheduler="simple", sigmas=sigmas)
+    assert tuple(out[0]["samples"].shape) == case.layout(1)
+    assert high_rec.sigmas == pytest.approx([float(s) for s in sigmas[:3]])
+    assert low_rec.sigmas == pytest.approx([float(s) for s in sigmas[3:-1]])
