@@ -8,7 +8,7 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from . import schedule_files
-from .input_checks import check_prompts, latent_resolution, single_empty_latent
+from .input_checks import check_latent_fits, check_prompts, latent_resolution, single_empty_latent
 from .schedule_fit import FitSettings, fit_schedule, model_identity, schedule_record
 from .schedules import SWITCH_SIGMA_MAX, switch_sigma_problem
 from .sigma_plot import plot_sigmas
@@ -56,6 +56,14 @@ class GlanceFitSchedule(io.ComfyNode):
                 io.String.Input("save_name", default="", optional=True,
                                 tooltip="File name in models/glance_schedules (subfolders allowed, .json added; an existing "
                                         "file of that name is replaced). Empty: named after the model, size, cfg and steps."),
+                io.Model.Input("model_low_noise", optional=True,
+                               tooltip="Optional second model, e.g. Wan 2.2 A14B's low-noise expert (then 'model' is the "
+                                       "high-noise one): the teacher is the pair, handing over at handover_sigma, and the "
+                                       "schedule switches there, as Glance Phase KSampler will sample with the two."),
+                io.Float.Input("handover_sigma", default=0.875, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
+                               optional=True,
+                               tooltip="With model_low_noise: the sigma where the pair hands over (Wan 2.2 A14B: 0.875 "
+                                       "text-to-video, 0.9 image-to-video). Unused without a second model."),
             ],
             outputs=[
                 io.Sigmas.Output(display_name="SIGMAS", tooltip="The fitted schedule: connect to Glance Phase KSampler's sigmas."),
@@ -74,15 +82,29 @@ class GlanceFitSchedule(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, latent_image, steps_slow, steps_fast, fine_steps, scheduler,
-                rollouts, seed, switch_sigma=AUTO_SWITCH, save_name="") -> io.NodeOutput:
+                rollouts, seed, switch_sigma=AUTO_SWITCH, save_name="", model_low_noise=None,
+                handover_sigma=0.875) -> io.NodeOutput:
         problem = switch_sigma_problem(switch_sigma)
         if problem:
             raise ValueError(problem)
+        if model_low_noise is not None:
+            problem = switch_sigma_problem(handover_sigma, "handover_sigma")
+            if problem:
+                raise ValueError(problem)
+            if switch_sigma != AUTO_SWITCH and abs(float(switch_sigma) - float(handover_sigma)) > 1e-6:
+                raise ValueError(
+                    f"switch_sigma={switch_sigma:g} differs from handover_sigma={handover_sigma:g}: with model_low_noise "
+                    "the slow phase is the first model's and the fast phase the second's, so the schedule switches where "
+                    "the pair hands over. Set switch_sigma to 0 (or to handover_sigma).")
+            switch_sigma = float(handover_sigma)
         settings = FitSettings(cfg=float(cfg), steps_slow=int(steps_slow), steps_fast=int(steps_fast),
                                fine_steps=int(fine_steps), scheduler=scheduler, rollouts=int(rollouts), seed=int(seed),
                                switch_sigma=None if switch_sigma == AUTO_SWITCH else float(switch_sigma))
         prompts = check_prompts(model, positive, negative)
         latent = single_empty_latent(model, latent_image)
+        if model_low_noise is not None:
+            check_prompts(model_low_noise, positive, negative)
+            check_latent_fits(model_low_noise, latent, "model_low_noise")
         if settings.switch_sigma is not None:
             ms = model.get_model_object("model_sampling")
             top = float(ms.sigma_max)
@@ -106,7 +128,7 @@ class GlanceFitSchedule(io.ComfyNode):
 
         log.info("Glance fit: %d rollouts of %d %s steps at cfg %g, %dx%d px, %d prompt(s)", settings.rollouts,
                  settings.fine_steps, settings.scheduler, settings.cfg, *resolution, len(prompts))
-        fit = fit_schedule(model, prompts, negative, latent, settings, on_step)
+        fit = fit_schedule(model, prompts, negative, latent, settings, on_step, low_noise=model_low_noise)
         record = schedule_record(fit, settings, identity, resolution, len(prompts))
         schedule_files.save(record, path)
         plain = f"{fit.plain_error:.4g}" if fit.plain_error is not None else "n/a (not on the fine schedule)"

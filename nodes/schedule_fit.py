@@ -172,8 +172,11 @@ def fine_schedule(model_sampling, scheduler: str, steps: int) -> torch.Tensor:
 
 
 def fit_schedule(patcher, prompts: list, negative, latent: torch.Tensor, settings: FitSettings,
-                 on_step: Callable[[int], None] | None = None) -> ScheduleFit:
-    """Teacher rollouts on the fine schedule, the mean error matrix, and the least-error path."""
+                 on_step: Callable[[int], None] | None = None, low_noise=None) -> ScheduleFit:
+    """Teacher rollouts on the fine schedule, the mean error matrix, and the least-error path. With ``low_noise``
+    (a second model, e.g. Wan 2.2's low-noise expert) the teacher is the pair, handing over where the schedule
+    switches (``settings.switch_sigma``, required then): ``patcher`` runs the fine steps above the switch node,
+    ``low_noise`` the rest, as Glance Phase KSampler will run the fitted schedule."""
     check_settings(settings)
     start = time.perf_counter()
     model_sampling = patcher.get_model_object("model_sampling")
@@ -193,8 +196,13 @@ def fit_schedule(patcher, prompts: list, negative, latent: torch.Tensor, setting
     def add(r: teacher.Rollout) -> None:
         total.add_(local_errors(r.x, r.velocity, fine))
 
+    handover = None
+    if low_noise is not None:
+        if switch_node is None:
+            raise ValueError("model_low_noise: a second model needs the sigma where the pair hands over (switch_sigma).")
+        handover = (float(fine[switch_node - 1]) + float(fine[switch_node])) / 2  # the fit's own switch rule
     passes = teacher.rollouts(patcher, prompts, negative, settings.cfg, latent, fine, settings.rollouts, settings.seed,
-                              add, on_step)
+                              add, on_step, low_noise=low_noise, handover=handover)
     errors = total / settings.rollouts
     path = fit_path(errors, settings.steps_slow, settings.steps_fast, switch_node)
     sigmas = fine[path.nodes].clone()

@@ -325,3 +325,25 @@ def test_wan22_two_experts_hand_over_at_the_boundary(comfy, cases, preset, bound
     assert tuple(out[0]["samples"].shape) == case.layout(1)
     assert high_rec.sigmas == pytest.approx([float(s) for s in sigmas[:3]])
     assert low_rec.sigmas == pytest.approx([float(s) for s in sigmas[3:-1]])
+
+
+def test_wan22_fit_schedule_teacher_is_the_pair(comfy, cases):
+    """Glance Fit Schedule with Wan 2.2's low-noise expert as model_low_noise: the teacher's fine steps above the
+    handover run on the high-noise expert, the rest on the low-noise one, and the schedule switches there."""
+    case = cases("Wan 2.2 A14B")
+    low = F.build("Wan 2.2 A14B", seed=1)
+    high_rec, low_rec = SigmaRecorder(), SigmaRecorder()
+    sigmas, switch = run(comfy, "GlanceFitSchedule", model=high_rec.attach(case.model), positive=case.positive,
+                         negative=case.negative, cfg=1.0, latent_image=case.latent, steps_slow=2, steps_fast=2,
+                         fine_steps=12, scheduler="simple", rollouts=1, seed=0, save_name="families/wan22 pair",
+                         model_low_noise=low_rec.attach(low), handover_sigma=0.875)[:2]
+    assert high_rec.sigmas and low_rec.sigmas
+    assert min(high_rec.sigmas) > switch >= max(low_rec.sigmas)
+    assert len(high_rec.sigmas) + len(low_rec.sigmas) == 12  # cfg 1: one pass per fine step
+    assert all(float(s) > switch for s in sigmas[:2]) and all(float(s) < switch for s in sigmas[2:])
+    fine = sorted(set(high_rec.sigmas) | set(low_rec.sigmas), reverse=True)
+    assert float(sigmas[2]) == pytest.approx(min(fine, key=lambda s: abs(s - 0.875)))  # the fine point nearest 0.875
+    with pytest.raises(ValueError, match=r"^switch_sigma=0.5 differs from handover_sigma=0.875"):
+        run(comfy, "GlanceFitSchedule", model=case.model, positive=case.positive, negative=case.negative, cfg=1.0,
+            latent_image=case.latent, steps_slow=2, steps_fast=2, fine_steps=12, scheduler="simple", rollouts=1, seed=0,
+            switch_sigma=0.5, model_low_noise=low, handover_sigma=0.875)
