@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import safetensors
+import safetensors.torch
 import torch
 
 from benchmarks import families as F
@@ -347,3 +348,23 @@ def test_wan22_fit_schedule_teacher_is_the_pair(comfy, cases):
         run(comfy, "GlanceFitSchedule", model=case.model, positive=case.positive, negative=case.negative, cfg=1.0,
             latent_image=case.latent, steps_slow=2, steps_fast=2, fine_steps=12, scheduler="simple", rollouts=1, seed=0,
             switch_sigma=0.5, model_low_noise=low, handover_sigma=0.875)
+
+
+def test_edit_pair_training_sees_the_reference(comfy, cases, base_dir):
+    """Qwen-Image-Edit training on an edit pair: the reference image's latent rides in the conditioning (the
+    host's ReferenceLatent), the target image is what the LoRA learns. The same target with another reference
+    trains another LoRA: the reference reaches the model in training."""
+    case = cases(F.QWEN_EDIT)
+    vae = F.make_vae(case.model)
+    with torch.inference_mode():
+        reference = vae.encode(gm.sample_image(64).flip(2))  # the "before" image: the target mirrored
+    files = []
+    for n, ref in enumerate((reference, -reference)):
+        positive = with_reference(F.conditioning(F.QWEN_IMAGE, 1), ref)
+        files.append(run(comfy, "GlanceTrainLoRA", model=case.model, vae=vae, image=gm.sample_image(64), positive=positive,
+                         phase="slow", timesteps="", rank=4, alpha=8.0, learning_rate=2e-2, steps=2, seed=0,
+                         caption_dropout=0.0, gradient_checkpointing=True, save_name=f"families/edit {n}",
+                         resolution=64)[1])
+    a, b = (safetensors.torch.load_file(str(base_dir / "models" / "loras" / f)) for f in files)
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a if "lora_up" in k) > 1e-6
