@@ -52,7 +52,7 @@ class GlanceDistillExperts(io.ComfyNode):
                                tooltip="Steps starting above it are the slow expert's, the rest the fast expert's "
                                        "(connect the schedule's own switch_sigma)."),
                 io.Int.Input("rank", default=AUTO, min=AUTO, max=512,
-                             tooltip="LoRA rank; -1: the architecture's default (Qwen-Image 32, FLUX/SD3 16)."),
+                             tooltip="LoRA rank; -1: the architecture's default (Qwen-Image 32, the others 16)."),
                 io.Float.Input("learning_rate", default=3e-5, min=0.0, max=1.0, step=0.00001, round=0.0000001,
                                tooltip="AdamW learning rate, constant. From one prompt, higher rates fit that prompt better and "
                                        "other prompts worse; with several prompts, up to about 1e-4."),
