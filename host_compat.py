@@ -81,3 +81,21 @@ def non_dynamic(patcher):
             "a model loader that can load it again without it. Load it with a core model loader, or start ComfyUI with "
             f"--disable-dynamic-vram. ({e})"
         ) from None
+
+
+# Latent formats of v0.3.64 whose latents are not 1/8 of the image (v0.33 says so itself: spacial_downscale_ratio).
+_DOWNSCALE_0_3_64 = {"Wan22": 16, "HunyuanImage21": 32, "LTXV": 32, "SC_Prior": 42, "SC_B": 4, "ChromaRadiance": 1}
+
+
+def latent_downscale(model) -> int:
+    """Image pixels per latent pixel (each side) of ``model``'s latents. v0.33's latent formats carry it
+    (``spacial_downscale_ratio``: 16 for Flux.2 and Wan 2.2 5B, 32 for HunyuanImage 2.1 and LTXV); v0.3.64's do not,
+    so there the format's class name decides, with the values v0.33 gives the same formats."""
+    latent_format = model.get_model_object("latent_format")
+    ratio = getattr(latent_format, "spacial_downscale_ratio", None)
+    if ratio is not None:
+        return int(ratio)
+    for cls in type(latent_format).__mro__:
+        if cls.__name__ in _DOWNSCALE_0_3_64:
+            return _DOWNSCALE_0_3_64[cls.__name__]
+    return 8

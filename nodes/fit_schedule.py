@@ -7,9 +7,9 @@ from comfy_api.latest import io
 from ..sampling.sampler_schedule import fit_and_save
 from ..sampling.schedule_fit import FitSettings
 from ..schedules.sampler_steps import SUPPORTED_SAMPLERS, check_sampler
-from ..schedules.switch import validate_switch_sigma
+from ..schedules.switch import SWITCH_SIGMA_MAX, validate_switch_sigma
 from .common.folders import schedules_dir
-from .common.inputs import (AUTO_SWITCH, cfg_input, check_prompts, scheduler_input, seed_input, single_empty_latent,
+from .common.inputs import (AUTO_SWITCH, cfg_input, check_latent_fits, check_prompts, scheduler_input, seed_input, single_empty_latent,
                             size_latent_input, switch_sigma_input, validate_inputs)
 from .common.previews import plot_sigmas, with_preview
 from .common.progress import NodeProgress
@@ -55,6 +55,14 @@ class GlanceFitSchedule(io.ComfyNode):
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", optional=True,
                                tooltip="The sampler you will sample with: the fit minimises that sampler's own error, "
                                        "multistep history included. It can model " + ", ".join(SUPPORTED_SAMPLERS) + "."),
+                io.Model.Input("model_low_noise", optional=True,
+                               tooltip="Optional second model, e.g. Wan 2.2 A14B's low-noise expert (then 'model' is the "
+                                       "high-noise one): the teacher is the pair, handing over at handover_sigma, and the "
+                                       "schedule switches there, as Glance Phase KSampler will sample with the two."),
+                io.Float.Input("handover_sigma", default=0.875, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
+                               optional=True,
+                               tooltip="With model_low_noise: the sigma where the pair hands over (Wan 2.2 A14B: 0.875 "
+                                       "text-to-video, 0.9 image-to-video). Unused without a second model."),
             ],
             outputs=[
                 io.Sigmas.Output(display_name="SIGMAS", tooltip="The fitted schedule: connect to Glance Phase KSampler's sigmas."),
@@ -71,16 +79,22 @@ class GlanceFitSchedule(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, latent_image, steps_slow, steps_fast, fine_steps, scheduler,
-                rollouts, seed, switch_sigma=AUTO_SWITCH, save_name="", sampler_name="euler") -> io.NodeOutput:
+                rollouts, seed, switch_sigma=AUTO_SWITCH, save_name="", sampler_name="euler", model_low_noise=None,
+                handover_sigma=0.875) -> io.NodeOutput:
         switch = validate_switch_sigma(switch_sigma)
         check_sampler(sampler_name)
+        if model_low_noise is not None:
+            switch = _pair_switch(switch, handover_sigma)
         settings = FitSettings(cfg=float(cfg), steps_slow=int(steps_slow), steps_fast=int(steps_fast),
                                fine_steps=int(fine_steps), scheduler=scheduler, rollouts=int(rollouts), seed=int(seed),
                                switch_sigma=None if switch == AUTO_SWITCH else switch)
         prompts = check_prompts(model, positive, negative)
         latent = single_empty_latent(model, latent_image)
+        if model_low_noise is not None:
+            check_prompts(model_low_noise, positive, negative)
+            check_latent_fits(model_low_noise, latent, "model_low_noise")
         fit = fit_and_save(model, prompts, negative, latent, settings, schedules_dir(), save_name, sampler_name,
-                           NodeProgress(cls)).fit
+                           NodeProgress(cls), low_noise=model_low_noise).fit
         title = f"fitted {settings.steps_slow}+{settings.steps_fast}: error {fit.fit_error:.3g}"
         if fit.plain_error is not None:
             title += f" (plain {fit.plain_error:.3g})"
@@ -95,3 +109,14 @@ def sampler_problem(sampler_name: str) -> str | None:
     except ValueError as e:
         return str(e)
     return None
+
+
+def _pair_switch(switch_sigma: float, handover_sigma: float) -> float:
+    """The switch of a fit for a pair of experts: where the pair hands over (the slow phase is the first model's)."""
+    handover = validate_switch_sigma(handover_sigma, "handover_sigma")
+    if switch_sigma != AUTO_SWITCH and abs(switch_sigma - handover) > 1e-6:
+        raise ValueError(
+            f"switch_sigma={switch_sigma:g} differs from handover_sigma={handover:g}: with model_low_noise the slow "
+            "phase is the first model's and the fast phase the second's, so the schedule switches where the pair "
+            "hands over. Set switch_sigma to 0 (or to handover_sigma).")
+    return handover

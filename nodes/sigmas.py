@@ -5,7 +5,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..schedules.files import FOLDER, SUFFIX, load_schedule
-from ..schedules.presets import PRESET_NAMES, PRESETS, SPLIT, preset_sigmas, split_sigmas
+from ..schedules.presets import BOUNDARY_SPLITS, PRESET_NAMES, PRESETS, SPLIT, preset_sigmas, split_sigmas
 from ..schedules.records import model_identity
 from ..schedules.switch import validate_switch_sigma
 from .common.folders import list_schedules, schedule_file
@@ -25,7 +25,8 @@ class GlanceSigmas(io.ComfyNode):
             description=(
                 "Sigma schedule for Glance Phase KSampler. Presets give the paper's 5 slow + 5 fast steps for "
                 "Qwen-Image and FLUX.1-dev with their switch sigma; 'split_from_model_scheduler' places steps_slow "
-                "steps above switch_sigma and steps_fast below it along the model's own scheduler. Schedules saved by "
+                "steps above switch_sigma and steps_fast below it along the model's own scheduler; the wan22_* "
+                "presets do the same with the switch held at Wan 2.2's expert boundary (0.875 T2V, 0.9 I2V). Schedules saved by "
                 "Glance Fit Schedule (models/glance_schedules/*.json) are listed after the built-in presets."
             ),
             inputs=[
@@ -60,12 +61,12 @@ class GlanceSigmas(io.ComfyNode):
         if preset in PRESETS:
             sigmas, switch = preset_sigmas(preset)
             title = PRESETS[preset].name
-        elif preset == SPLIT:
-            switch = validate_switch_sigma(switch_sigma)
+        elif preset == SPLIT or preset in BOUNDARY_SPLITS:
+            switch = BOUNDARY_SPLITS[preset] if preset in BOUNDARY_SPLITS else validate_switch_sigma(switch_sigma)
             model_sampling = model.get_model_object("model_sampling")
             dense = comfy.samplers.calculate_sigmas(model_sampling, scheduler, DENSE_STEPS)
             sigmas = split_sigmas(dense, switch, steps_slow, steps_fast)
-            title = f"{scheduler}: {steps_slow} slow + {steps_fast} fast"
+            title = f"{scheduler}: {steps_slow} slow + {steps_fast} fast" + (f" (Wan 2.2 boundary {switch:g})" if preset in BOUNDARY_SPLITS else "")
         elif preset.lower().endswith(SUFFIX):
             sigma_max = getattr(model.get_model_object("model_sampling"), "sigma_max", None)
             sigmas, switch = load_schedule(schedule_file(preset), preset, model_identity(model),

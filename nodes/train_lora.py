@@ -27,7 +27,8 @@ class GlanceTrainLoRA(io.ComfyNode):
                 "Trains a Glance Slow-LoRA (phase 'slow': the first, high-noise steps) or Fast-LoRA (phase 'fast') "
                 "from ONE image and its caption, as in the paper: a few timesteps of the model's schedule, "
                 "flow-matching velocity loss, about 60 steps. Saves it into models/loras and returns the model with "
-                "the LoRA applied. Supports Qwen-Image, FLUX.1, SD3 and other flow-matching models."
+                "the LoRA applied. Supports Qwen-Image, FLUX.1, Flux.2, Chroma, SD3, AuraFlow, Lumina 2, Z-Image, HiDream, "
+                "HunyuanImage 2.1, HunyuanVideo, Wan 2.1/2.2, LTXV and Cosmos Predict2 (see the README's table)."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The base flow-matching model (Qwen-Image, FLUX.1, SD3...). It is never modified."),
@@ -40,9 +41,9 @@ class GlanceTrainLoRA(io.ComfyNode):
                                 tooltip="custom phase only: comma-separated t in (0, 1000], t = 1000 * sigma (shift already applied)."),
                 rank_input(),
                 io.Float.Input("alpha", default=AUTO, min=AUTO, max=4096.0, step=1.0,
-                               tooltip="LoRA alpha (scale alpha/rank, saved in the file); -1: default (Qwen-Image 128, FLUX/SD3 64)."),
+                               tooltip="LoRA alpha (scale alpha/rank, saved in the file); -1: default (Qwen-Image 128, the others 64)."),
                 io.Float.Input("learning_rate", default=AUTO, min=AUTO, max=1.0, step=0.00001, round=0.0000001,
-                               tooltip="AdamW learning rate, constant; -1: default (Qwen-Image 3e-4, FLUX/SD3 5e-4)."),
+                               tooltip="AdamW learning rate, constant; -1: default (Qwen-Image 3e-4, the others 5e-4)."),
                 io.Int.Input("steps", default=AUTO, min=AUTO, max=100000, tooltip="Optimiser steps; -1: the paper's 60."),
                 seed_input("Seeds LoRA init, timestep choice, noise and caption dropout: same seed, same LoRA."),
                 io.Float.Input("caption_dropout", default=0.1, min=0.0, max=1.0, step=0.01,

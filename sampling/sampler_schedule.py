@@ -23,6 +23,7 @@ import comfy.sample
 import comfy.samplers
 import torch
 
+from ..host_compat import latent_downscale
 from ..schedules import files, sampler_steps
 from ..schedules.records import latent_resolution, model_identity, schedule_record
 from ..schedules.search import nearest_node, on_grid
@@ -54,15 +55,33 @@ class SamplerFit:
     extras: dict = field(default_factory=dict)
 
 
-def _end_states(patcher, positive, negative, cfg, latent, sigmas, seeds, sampler_name) -> torch.Tensor:
-    """What the host's sampler ``sampler_name`` samples over ``sigmas`` from the noise of each seed (one batch)."""
-    guider = comfy.samplers.CFGGuider(patcher)
-    guider.set_conds(positive, negative)
-    guider.set_cfg(cfg)
+def _end_states(patcher, positive, negative, cfg, latent, sigmas, seeds, sampler_name, pair=(None, None)) -> torch.Tensor:
+    """What the host's sampler ``sampler_name`` samples over ``sigmas`` from the noise of each seed (one batch);
+    ``pair``: (low-noise model, handover sigma) when the teacher is a pair of experts."""
+    guider = teacher.teacher_guider(patcher, positive, negative, cfg, *pair)
     noise = torch.cat([comfy.sample.prepare_noise(latent, seed) for seed in seeds])
     out = guider.sample(noise, latent.expand(len(seeds), *latent.shape[1:]).contiguous(),
                         comfy.samplers.sampler_object(sampler_name), sigmas, disable_pbar=True, seed=seeds[0])
     return patcher.model.process_latent_in(out).float().cpu()  # in the space the sampler steps in (the teacher's)
+
+
+def _pair_denoiser(patcher, prompts, negative, cfg, latent, low_noise=None, handover=None):
+    """``_denoiser`` of ``patcher``, or with ``low_noise`` of the pair: points above ``handover`` on ``patcher``, the
+    rest on ``low_noise`` (as the phase guider picks the model of a step by its starting sigma)."""
+    high = _denoiser(patcher, prompts, negative, cfg, latent)
+    if low_noise is None:
+        return high
+    low = _denoiser(low_noise, prompts, negative, cfg, latent)
+
+    def evaluate(b: int, xs: list, ss: list) -> list:
+        out = [None] * len(ss)
+        for model, picked in ((high, [m for m, s in enumerate(ss) if s > handover]),
+                              (low, [m for m, s in enumerate(ss) if s <= handover])):
+            if picked:
+                for m, d in zip(picked, model(b, [xs[m] for m in picked], [ss[m] for m in picked])):
+                    out[m] = d
+        return out
+    return evaluate
 
 
 def _denoiser(patcher, prompts, negative, cfg, latent):
@@ -132,7 +151,10 @@ def default_method(sampler: str) -> str:
 
 def fit_for_sampler(patcher, prompts: list, negative, latent: torch.Tensor, settings: schedule_fit.FitSettings,
                     sampler: str, on_step: Callable[[int], None] | None = None, check_rollouts: int | None = None,
-                    teacher_sampler: str = TEACHER_SAMPLER, method: str | None = None) -> SamplerFit:
+                    teacher_sampler: str = TEACHER_SAMPLER, method: str | None = None, low_noise=None) -> SamplerFit:
+    """The fit of ``settings`` for ``sampler`` (module docstring). With ``low_noise`` (a second model, e.g. Wan 2.2's
+    low-noise expert) the teacher is the pair, handing over where the schedule switches (``settings.switch_sigma``,
+    required then): ``patcher`` above it, ``low_noise`` below, as Glance Phase KSampler will run the schedule."""
     sampler_steps.check_sampler(sampler)
     schedule_fit.check_settings(settings)
     start = time.perf_counter()
@@ -149,6 +171,11 @@ def fit_for_sampler(patcher, prompts: list, negative, latent: torch.Tensor, sett
                 f"{settings.steps_slow} and {settings.fine_steps - m} below for steps_fast={settings.steps_fast}; "
                 "move the switch, take fewer steps or raise fine_steps.")
         through = (settings.steps_slow, m)
+    pair = (None, None)
+    if low_noise is not None:
+        if through is None:
+            raise ValueError("model_low_noise: a second model needs the sigma where the pair hands over (switch_sigma).")
+        pair = (low_noise, (float(fine[through[1] - 1]) + float(fine[through[1]])) / 2)  # the fit's own switch rule
 
     size = 2 * settings.fine_steps + 1
     g = torch.zeros((size, size), dtype=torch.float64)
@@ -164,13 +191,14 @@ def fit_for_sampler(patcher, prompts: list, negative, latent: torch.Tensor, sett
             states.setdefault(r.prompt, []).append(r.x)
 
     passes = teacher.rollouts(patcher, prompts, negative, settings.cfg, latent, fine, settings.rollouts, settings.seed,
-                              add, on_step, sampler=teacher_sampler)
+                              add, on_step, sampler=teacher_sampler, low_noise=pair[0], handover=pair[1])
     g /= settings.rollouts
     e = sampler_steps.step_errors(g, fine, sampler)
     if method == STUDENT_STATE:
         counter = teacher.PassCounter()
         order = sorted(states)
-        evaluate = _denoiser(counter.attach(patcher), [prompts[p] for p in order], negative, settings.cfg, latent)
+        evaluate = _pair_denoiser(counter.attach(patcher), [prompts[p] for p in order], negative, settings.cfg, latent,
+                                  counter.attach(low_noise) if low_noise is not None else None, pair[1])
         _, nodes, _ = sampler_steps.student_state_path(evaluate, [torch.stack(states[p]) for p in order], fine, sampler,
                                                      n, through)
         passes += counter.passes
@@ -190,7 +218,7 @@ def fit_for_sampler(patcher, prompts: list, negative, latent: torch.Tensor, sett
             for p, rs in groups:
                 mm.throw_exception_if_processing_interrupted()
                 out = _end_states(counted, prompts[p], negative, settings.cfg, latent, fine[candidate],
-                                  [settings.seed + r for r in rs], sampler)
+                                  [settings.seed + r for r in rs], sampler, pair)
                 total += float(((out - torch.stack([ends[r] for r in rs])) ** 2).reshape(len(rs), -1).mean(1).sum())
             return total / settings.rollouts
 
@@ -213,17 +241,19 @@ def fit_for_sampler(patcher, prompts: list, negative, latent: torch.Tensor, sett
     count = min(CHECK_ROLLOUTS if check_rollouts is None else check_rollouts, settings.rollouts)
     if count > 0:
         check = _check(patcher, prompts, negative, latent, settings, sampler, teacher_sampler, sigmas, plain, ends,
-                       count)
+                       count, pair)
         fit.model_passes += check.passes
     fit.seconds = time.perf_counter() - start
     return SamplerFit(fit=fit, sampler=sampler, check=check, extras={"method": method})
 
 
-def _check(patcher, prompts, negative, latent, settings, sampler, teacher_sampler, sigmas, plain, ends, count) -> Check:
+def _check(patcher, prompts, negative, latent, settings, sampler, teacher_sampler, sigmas, plain, ends, count,
+           pair=(None, None)) -> Check:
     """The doubled teacher, the fitted and the plain schedule on the first ``count`` rollouts (rollout r: prompt
     r mod len(prompts), seed + r, as the teacher's)."""
     counter = teacher.PassCounter()
     counted = counter.attach(patcher)
+    pair = (counter.attach(pair[0]), pair[1]) if pair[0] is not None else pair
     model_sampling = patcher.get_model_object("model_sampling")
     doubled = schedule_fit.fine_schedule(model_sampling, settings.scheduler, 2 * settings.fine_steps)
     shift = fitted = plain_error = 0.0
@@ -231,10 +261,10 @@ def _check(patcher, prompts, negative, latent, settings, sampler, teacher_sample
         mm.throw_exception_if_processing_interrupted()
         p = prompts[r % len(prompts)]
         seeds = [settings.seed + r]
-        ref = _end_states(counted, p, negative, settings.cfg, latent, doubled, seeds, teacher_sampler)
+        ref = _end_states(counted, p, negative, settings.cfg, latent, doubled, seeds, teacher_sampler, pair)
         shift += float(((ends[r] - ref[0]) ** 2).mean())
-        fitted += float(((_end_states(counted, p, negative, settings.cfg, latent, sigmas, seeds, sampler) - ref) ** 2).mean())
-        plain_error += float(((_end_states(counted, p, negative, settings.cfg, latent, plain, seeds, sampler) - ref) ** 2).mean())
+        fitted += float(((_end_states(counted, p, negative, settings.cfg, latent, sigmas, seeds, sampler, pair) - ref) ** 2).mean())
+        plain_error += float(((_end_states(counted, p, negative, settings.cfg, latent, plain, seeds, sampler, pair) - ref) ** 2).mean())
     shift, fitted, plain_error = shift / count, fitted / count, plain_error / count
     return Check(rollouts=count, teacher_shift=shift, fitted_error=fitted, plain_error=plain_error,
                  converged=shift < CONVERGED_RATIO * fitted, passes=counter.passes)
@@ -263,7 +293,7 @@ def teacher_record(result: SamplerFit, settings: schedule_fit.FitSettings) -> di
 
 def fit_and_save(patcher, prompts: list, negative, latent: torch.Tensor, settings: schedule_fit.FitSettings,
                  schedules_dir: Path, save_name: str = "", sampler: str = "euler",
-                 on_progress: Callable[[int, int], None] | None = None) -> schedule_fit.FitOutcome:
+                 on_progress: Callable[[int, int], None] | None = None, low_noise=None) -> schedule_fit.FitOutcome:
     """The fit for ``sampler``, start to end: checks, the save name (empty: named after the model, size, cfg and
     steps), the fit, and its record saved in ``schedules_dir``. ``on_progress(done, total)`` counts the teacher's
     rollout-steps."""
@@ -271,7 +301,7 @@ def fit_and_save(patcher, prompts: list, negative, latent: torch.Tensor, setting
     schedule_fit.check_settings(settings)
     schedule_fit.check_switch_in_range(patcher, settings.switch_sigma)
     identity = model_identity(patcher)
-    resolution = latent_resolution(latent)
+    resolution = latent_resolution(latent, latent_downscale(patcher))
     if not (save_name or "").strip():
         save_name = files.auto_name(identity["model_class"], identity["fingerprint"], *resolution, settings.cfg,
                                     settings.steps_slow, settings.steps_fast)
@@ -283,7 +313,7 @@ def fit_and_save(patcher, prompts: list, negative, latent: torch.Tensor, setting
                  "that serves your prompts, join several typical ones with Conditioning (Combine).")
     total = settings.rollouts * settings.fine_steps
     on_step = None if on_progress is None else (lambda done: on_progress(min(done, total), total))
-    result = fit_for_sampler(patcher, prompts, negative, latent, settings, sampler, on_step)
+    result = fit_for_sampler(patcher, prompts, negative, latent, settings, sampler, on_step, low_noise=low_noise)
     fit = result.fit
     record = schedule_record(fit, settings, identity, resolution, len(prompts))
     record.update(teacher_record(result, settings))

@@ -18,6 +18,8 @@ import comfy.sample
 import comfy.samplers
 import torch
 
+from .phase_guider import PhaseGuider
+
 COUNTER_KEY = "glance_teacher_passes"
 
 
@@ -68,16 +70,17 @@ class _Recorder(comfy.samplers.Sampler):
 
 
 def rollout_batch(patcher, positive, negative, cfg: float, latent: torch.Tensor, sigmas: torch.Tensor, seeds: list[int],
-                  prompt: int = 0, on_step: Callable[[int], None] | None = None, sampler: str = "euler") -> list[Rollout]:
+                  prompt: int = 0, on_step: Callable[[int], None] | None = None, sampler: str = "euler",
+                  low_noise=None, handover: float | None = None) -> list[Rollout]:
     """Teacher rollouts of one prompt in one batch: ``euler`` over ``sigmas``, rollout b from the noise of
     ``seeds[b]`` (the noise the host's KSampler draws for that seed), recorded at every point (``sampler``: another
     of the host's samplers instead of ``euler``; the velocity recorded is still ``(x - denoised) / sigma``).
 
     ``latent`` is the (empty) latent of one image in the model's layout; ``on_step(i)`` runs after each step
-    (progress, interrupts)."""
-    guider = comfy.samplers.CFGGuider(patcher)
-    guider.set_conds(positive, negative)
-    guider.set_cfg(cfg)
+    (progress, interrupts). With ``low_noise`` (a second model, e.g. Wan 2.2's low-noise expert) the teacher is the
+    pair, as Glance Phase KSampler samples it: ``patcher`` for steps starting above ``handover``, ``low_noise`` for
+    the rest, at the same cfg."""
+    guider = teacher_guider(patcher, positive, negative, cfg, low_noise, handover)
     recorder = _Recorder(comfy.samplers.sampler_object(sampler), on_step)
     noise = torch.cat([comfy.sample.prepare_noise(latent, seed) for seed in seeds])
     guider.sample(noise, latent.expand(len(seeds), *latent.shape[1:]).contiguous(), recorder, sigmas, disable_pbar=True,
@@ -87,6 +90,18 @@ def rollout_batch(patcher, positive, negative, cfg: float, latent: torch.Tensor,
         raise RuntimeError(f"the sampler recorded {len(recorder.xs) - 1} of {steps} steps")
     xs, vs = torch.stack(recorder.xs, dim=1), torch.stack(recorder.vs, dim=1)  # [batch, N+1 | N, *latent]
     return [Rollout(prompt=prompt, seed=seed, x=xs[b].clone(), velocity=vs[b].clone()) for b, seed in enumerate(seeds)]
+
+
+def teacher_guider(patcher, positive, negative, cfg: float, low_noise=None, handover: float | None = None):
+    """The host's guider for the teacher: ``patcher`` alone, or with ``low_noise`` the pair as Glance Phase KSampler
+    runs it (``patcher`` for steps starting above ``handover``, ``low_noise`` for the rest, same cfg)."""
+    if low_noise is None:
+        guider = comfy.samplers.CFGGuider(patcher)
+        guider.set_cfg(cfg)
+    else:
+        guider = PhaseGuider(patcher, low_noise, handover, cfg, cfg)
+    guider.set_conds(positive, negative)
+    return guider
 
 
 def batch_size(patcher, latent: torch.Tensor, wanted: int) -> int:
@@ -104,13 +119,14 @@ def batch_size(patcher, latent: torch.Tensor, wanted: int) -> int:
 
 def rollouts(patcher, prompts: list, negative, cfg: float, latent: torch.Tensor, sigmas: torch.Tensor, count: int,
              seed: int, on_rollout: Callable[[Rollout], None], on_step: Callable[[int], None] | None = None,
-             sampler: str = "euler") -> int:
+             sampler: str = "euler", low_noise=None, handover: float | None = None) -> int:
     """``count`` rollouts (rollout r: prompt r mod len(prompts), seed + r), each handed to ``on_rollout`` as its
     batch finishes (so that only one batch is held at a time). A prompt's rollouts run in batches (``batch_size``);
     ``on_step(done)`` after each step, ``done`` counting rollout-steps (a batch of b rollouts adds b per step).
     Checks for an interrupt at every step. Returns the number of model passes they took."""
     counter = PassCounter()
     counted = counter.attach(patcher)
+    counted_low = counter.attach(low_noise) if low_noise is not None else None
     steps = len(sigmas) - 1
     done = 0
     for p in range(min(count, len(prompts))):
@@ -126,7 +142,8 @@ def rollouts(patcher, prompts: list, negative, cfg: float, latent: torch.Tensor,
                     on_step(first + (i + 1) * n)
 
             for r in rollout_batch(counted, prompts[p], negative, cfg, latent, sigmas, [seed + r for r in batch],
-                                   prompt=p, on_step=step, sampler=sampler):
+                                   prompt=p, on_step=step, sampler=sampler, low_noise=counted_low,
+                                   handover=handover):
                 on_rollout(r)
             done += steps * len(batch)
     return counter.passes

@@ -31,7 +31,11 @@ PRESETS = {
     )
 }
 SPLIT = "split_from_model_scheduler"
-PRESET_NAMES = [*PRESETS, SPLIT]
+# Wan 2.2 A14B hands over from its high-noise to its low-noise expert at a boundary timestep (875 for T2V, 900 for
+# I2V; sigma = t / 1000): a split of the model's own scheduler with the switch held there, so that Glance Phase
+# KSampler's two models are the two experts (steps starting at or below the boundary run on the low-noise one).
+BOUNDARY_SPLITS = {"wan22_t2v_boundary_0.875": 0.875, "wan22_i2v_boundary_0.9": 0.9}
+PRESET_NAMES = [*PRESETS, SPLIT, *BOUNDARY_SPLITS]
 
 
 def preset_sigmas(name: str) -> tuple[torch.Tensor, float]:

@@ -124,6 +124,8 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def latent_resolution(latent: torch.Tensor) -> list[int]:
-    """[width, height] in pixels that a record states (latents are 1/8 of the image on every supported model)."""
-    return [int(latent.shape[-1]) * 8, int(latent.shape[-2]) * 8]
+def latent_resolution(latent: torch.Tensor, downscale: int) -> list[int]:
+    """[width, height] in pixels of the image a latent stands for, ``downscale`` image pixels per latent pixel (the
+    model's own: ``host_compat.latent_downscale``; 8 for most families, 16 for Flux.2 and Wan 2.2 5B, 32 for
+    HunyuanImage 2.1 and LTXV)."""
+    return [int(latent.shape[-1]) * downscale, int(latent.shape[-2]) * downscale]

@@ -6,6 +6,8 @@ import logging
 import comfy.utils
 import torch
 
+from ..host_compat import latent_downscale
+
 log = logging.getLogger("comfyui-glance")
 
 
@@ -51,7 +53,10 @@ def prepare_image(image: torch.Tensor, resolution: int, multiple: int) -> torch.
 
 
 def encode_latent(vae, pixels: torch.Tensor, model) -> torch.Tensor:
-    """Encode once; the latent in the layout the model samples (5-D [B,C,1,h,w] for Qwen-Image, else 4-D)."""
+    """Encode once; the latent in the layout the model samples: 5-D [B, C, 1, h, w] where the model's latent format
+    has 3 dimensions (Qwen-Image, Wan, HunyuanVideo, LTXV, Cosmos; a video VAE encodes one image to that), else
+    4-D [B, C, h, w]. A latent the model cannot take as it is (several frames, another layout) is refused, never
+    reshaped or broadcast into another."""
     latent = vae.encode(pixels)
     if not torch.isfinite(latent).all():
         name = type(getattr(vae, "first_stage_model", vae)).__name__
@@ -66,20 +71,18 @@ def encode_latent(vae, pixels: torch.Tensor, model) -> torch.Tensor:
             f"vae: this VAE makes {latent.shape[1]}-channel latents but the model expects {expected}; "
             "connect the VAE that belongs to the model."
         )
-    wants_5d = _model_wants_video_latent(model)
-    if wants_5d and latent.ndim == 4:
-        latent = latent.unsqueeze(2)
-    elif not wants_5d and latent.ndim == 5:
-        if latent.shape[2] != 1:
-            raise ValueError("vae: this VAE made a multi-frame latent; connect an image VAE that belongs to the model.")
+    dims = getattr(model.model.latent_format, "latent_dimensions", 2)
+    if latent.ndim == 5 and latent.shape[2] != 1:
+        raise ValueError(f"vae: this VAE encoded the one image to {latent.shape[2]} latent frames "
+                         f"(shape {tuple(latent.shape)}); connect the VAE that belongs to the model.")
+    if dims == 3 and latent.ndim == 4:
+        latent = latent.unsqueeze(2)  # an image VAE's latent as one frame
+    elif dims == 2 and latent.ndim == 5:
         latent = latent.squeeze(2)
+    if latent.ndim != dims + 2:
+        raise ValueError(f"vae: the latent has shape {tuple(latent.shape)}, but this {type(model.model).__name__} "
+                         f"model samples {dims + 2}-D latents; connect the VAE that belongs to the model.")
     return latent.float().clone()
-
-
-def _model_wants_video_latent(model) -> bool:
-    import comfy.model_base
-
-    return isinstance(model.model, comfy.model_base.QwenImage)
 
 
 def check_conditioning(positive, patcher, recipe) -> None:
@@ -117,7 +120,7 @@ def check_image_size(model, width: int, height: int, input_name: str) -> None:
     if not limit or getattr(dm, "pos_embed", None) is None or embedder is None:
         return
     patch = int(embedder.patch_size[0])
-    down = int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8) or 8)
+    down = latent_downscale(model)
     most = int(limit) * patch * down
     for side, px in (("width", int(width)), ("height", int(height))):
         if (px // down + 1) // patch > limit:

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ..host_compat import latent_downscale
 from ..sampling.schedule_fit import fine_schedule
 from ..schedules.checks import finite
 from ..schedules.records import latent_resolution
@@ -102,7 +103,7 @@ def train_job(model, vae, image, positive, inputs: TrainInputs, loras_dir: Path,
     file_name, path = resolve_save_path(inputs.save_name, loras_dir)
     check_conditioning(positive, model, recipe)
     with torch.no_grad():
-        pixels = prepare_image(image, inputs.resolution, recipe.multiple)
+        pixels = prepare_image(image, inputs.resolution, max(recipe.multiple, latent_downscale(model)))
         check_image_size(model, pixels.shape[2], pixels.shape[1], "resolution")
         latent = encode_latent(vae, pixels, model)
     if recipe.guidance is not None:
@@ -193,7 +194,7 @@ def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: Di
     for expert in EXPERTS:
         loras[expert] = comfy_lora_state_dict(result.adapters[expert], settings.alpha)
         metadata = build_metadata(
-            base_model=recipe.arch, model_class=type(model.model).__name__, resolution=latent_resolution(latent),
+            base_model=recipe.arch, model_class=type(model.model).__name__, resolution=latent_resolution(latent, latent_downscale(model)),
             optimizer=result.optimizer, precision=result.precision, final_loss=result.losses[expert][-1],
             prompts=len(prompts), pair=[slow[0], fast[0]], **expert_metadata(settings, expert))
         files.append((f"save_name_{expert}", loras[expert], paths[expert][1], metadata))

@@ -7,15 +7,32 @@ import torch
 GRAD_CLIP = 1.0
 
 
+class NotTrainableError(RuntimeError):
+    pass
+
+
+def _backward(loss: torch.Tensor) -> None:
+    """``loss.backward()``; a clear error when the host's model runs an operation autograd cannot differentiate
+    (v0.33's Cosmos Predict2 attention runs comfy_kitchen's fused rms_rope_split_half kernel, which has none)."""
+    try:
+        loss.backward()
+    except RuntimeError as e:
+        if "no autograd formula" not in str(e):
+            raise
+        raise NotTrainableError(
+            f"model: this ComfyUI version runs an operation in this model that cannot be trained through ({e}). "
+            "No LoRA can be trained on this model with this ComfyUI version; sampling, Glance Sigmas and Glance Fit "
+            "Schedule still work. Nothing was saved.") from None
+
+
 def optimizer_step(loss: torch.Tensor, params, optimizer, scaler=None) -> None:
     """Backward, clip to GRAD_CLIP, step, clear. With an fp16 loss ``scaler``: the loss is scaled, the gradients
     unscaled before clipping, and a step with inf/NaN gradients is skipped."""
+    _backward(loss if scaler is None else scaler.scale(loss))
     if scaler is None:
-        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimizer.step()
     else:
-        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         scaler.step(optimizer)

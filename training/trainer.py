@@ -14,6 +14,7 @@ import torch
 
 from . import memory
 from .session import Session, clone_tensors, open_session, run_in_sampling, train_adapter
+from .recipes import flow_time
 from .settings import TrainSettings
 
 
@@ -63,15 +64,18 @@ class FlowMatchingStep:
         noise = torch.randn(x0.shape, generator=self.gen, dtype=torch.float32).to(device)
         drop = float(torch.rand((), generator=self.gen)) < s.caption_dropout
         sigma = self.sigma_table[index].expand(x0.shape[0]).to(device)
-        sv = sigma.view(self.view)
-        x_t = (1.0 - sv) * x0 + sv * noise
+        ms = self.guider.inner_model.model_sampling
+        # The noisy latent as the host's sampler makes it (x_t = (1 - sigma) x0 + sigma noise for rectified-flow
+        # models; x0 + sigma noise for Cosmos, whose network sees x / (1 + sigma)).
+        x_t = ms.noise_scaling(sigma, noise, x0)
         with self.session.precision.autocast_context(device):
             denoised = comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.guider.conds["dropped" if drop else "positive"]],
                                                       x_t, sigma, self.model_options)[0]
         self.sigmas_used.append(float(self.sigma_table[index]))
-        # CONST models: denoised = x_t - v * sigma, so this recovers the network's velocity exactly.
-        v_pred = (x_t - denoised.float()) / sv
-        return torch.nn.functional.mse_loss(v_pred, noise - x0)
+        # The velocity loss: for a flow model at flow time t, denoised = x_t - t * v_pred, so the network's velocity
+        # error v_pred - (noise - x0) is exactly (x0 - denoised) / t.
+        t = flow_time(ms, sigma).view(self.view)
+        return torch.mean(((x0 - denoised.float()) / t) ** 2)
 
 
 def train_lora(patcher, latent: torch.Tensor, positive: list, settings: TrainSettings, arch: str,

@@ -13,7 +13,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ...host_compat import fix_empty_latent
+from ...host_compat import fix_empty_latent, latent_downscale
 from ...sampling.teacher import split_prompts
 from ...schedules.switch import SWITCH_SIGMA_MAX, switch_sigma_problem
 from ...training.data import check_conditioning, check_image_size
@@ -68,7 +68,7 @@ def size_latent_input():
 
 def rank_input():
     return io.Int.Input("rank", default=AUTO, min=AUTO, max=512,
-                        tooltip="LoRA rank; -1: the architecture's default (Qwen-Image 32, FLUX/SD3 16).")
+                        tooltip="LoRA rank; -1: the architecture's default (Qwen-Image 32, the others 16).")
 
 
 def gradient_checkpointing_input(optional: bool = False):
@@ -130,6 +130,6 @@ def single_empty_latent(model, latent_image) -> torch.Tensor:
         raise ValueError("latent_image: expected a LATENT (connect an empty latent of the size you generate at).")
     latent = fix_empty_latent(model, latent_image)
     check_latent_fits(model, latent, "model")
-    down = int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8) or 8)
+    down = latent_downscale(model)
     check_image_size(model, latent.shape[-1] * down, latent.shape[-2] * down, "latent_image")
     return torch.zeros_like(latent[:1])
