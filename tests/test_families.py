@@ -358,6 +358,8 @@ def test_edit_pair_training_sees_the_reference(comfy, cases, base_dir):
     vae = F.make_vae(case.model)
     with torch.inference_mode():
         reference = vae.encode(gm.sample_image(64).flip(2))  # the "before" image: the target mirrored
+    if reference.ndim == 4:  # v0.3.64's tiny image VAE: one frame, as Qwen-Image's own VAE encodes an image
+        reference = reference.unsqueeze(2)
     files = []
     for n, ref in enumerate((reference, -reference)):
         positive = with_reference(F.conditioning(F.QWEN_IMAGE, 1), ref)
