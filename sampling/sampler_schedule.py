@@ -233,7 +233,10 @@ def fit_for_sampler(patcher, prompts: list, negative, latent: torch.Tensor, sett
         plain_error = float(sum(e[(h + 1) if j > 0 else 0, i, k] for j, (h, i, k) in
                                 enumerate(zip([-1] + plain_nodes[:-2], plain_nodes[:-1], plain_nodes[1:]))))
     fit = schedule_fit.ScheduleFit(
-        sigmas=sigmas, switch_sigma=switch_between(sigmas, settings.steps_slow), nodes=nodes,
+        sigmas=sigmas, nodes=nodes,
+        # With a pair of experts the switch is where the teacher handed over (between the same two fitted points),
+        # so Glance Phase KSampler runs each step on the model the teacher ran it on.
+        switch_sigma=pair[1] if pair[0] is not None else switch_between(sigmas, settings.steps_slow),
         fit_error=error, plain_sigmas=plain, plain_error=plain_error, model_passes=passes,
         seconds=0.0)
 

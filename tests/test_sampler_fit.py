@@ -137,8 +137,12 @@ def test_a_sampler_the_fit_cannot_model_is_refused_by_name(demo_kit, name):
 
 
 def test_the_sampler_input_is_last_and_optional(demo_kit):
+    """New inputs come after every input the node shipped with (saved workflows keep working): sampler_name right
+    after save_name, then the later additions (the pair's model_low_noise and handover_sigma)."""
     info = demo_kit["n"]["GlanceFitSchedule"].INPUT_TYPES()
-    assert list(info["optional"])[-1] == "sampler_name" and "sampler_name" not in info["required"]
+    optional = list(info["optional"])
+    assert optional[optional.index("save_name") + 1] == "sampler_name" and "sampler_name" not in info["required"]
+    assert optional[-2:] == ["model_low_noise", "handover_sigma"]
     options, extra = info["optional"]["sampler_name"][0], info["optional"]["sampler_name"][1]
     if options == "COMBO":  # the V3 form of a combo: the options in its extras
         options = extra["options"]
