@@ -26,7 +26,7 @@ import torch
 from ..host_compat import latent_downscale
 from ..schedules import files, sampler_steps
 from ..schedules.records import latent_resolution, model_identity, schedule_record
-from ..schedules.search import nearest_node, on_grid
+from ..schedules.search import on_grid
 from ..schedules.switch import switch_between
 from . import schedule_fit, teacher
 
@@ -149,6 +149,21 @@ def default_method(sampler: str) -> str:
     return STUDENT_STATE
 
 
+@dataclass
+class _TeacherData:
+    """What the fit keeps of the teacher's rollouts: every step's error for the sampler, the end states (for the
+    check and the refinement) and, for the student-state path, each prompt's states."""
+    errors: torch.Tensor
+    ends: dict[int, torch.Tensor]
+    states: dict[int, list]
+    passes: int
+
+
+def _summed_error(e: torch.Tensor, nodes: list[int]) -> float:
+    """The sampler's summed step error along ``nodes`` (a step's error depends on the point before it: history)."""
+    return float(sum(e[h + 1, i, k] for h, i, k in zip([-1] + nodes[:-2], nodes[:-1], nodes[1:])))
+
+
 def fit_for_sampler(patcher, prompts: list, negative, latent: torch.Tensor, settings: schedule_fit.FitSettings,
                     sampler: str, on_step: Callable[[int], None] | None = None, check_rollouts: int | None = None,
                     teacher_sampler: str = TEACHER_SAMPLER, method: str | None = None, low_noise=None) -> SamplerFit:
@@ -157,61 +172,83 @@ def fit_for_sampler(patcher, prompts: list, negative, latent: torch.Tensor, sett
     required then): ``patcher`` above it, ``low_noise`` below, as Glance Phase KSampler will run the schedule."""
     sampler_steps.check_sampler(sampler)
     schedule_fit.check_settings(settings)
+    method = method or default_method(sampler)
+    if method not in (STUDENT_STATE, TEACHER_LOCAL, REFINED):
+        raise ValueError(f"method={method!r}: {STUDENT_STATE}, {TEACHER_LOCAL} or {REFINED}")
     start = time.perf_counter()
     model_sampling = patcher.get_model_object("model_sampling")
     fine = schedule_fit.fine_schedule(model_sampling, settings.scheduler, settings.fine_steps)
     n = settings.steps_slow + settings.steps_fast
-    through = None
-    if settings.switch_sigma is not None:
-        m = nearest_node(fine, settings.switch_sigma)
-        if m < settings.steps_slow or settings.fine_steps - m < settings.steps_fast:
-            raise ValueError(
-                f"switch_sigma={settings.switch_sigma:g}: its nearest fine point ({float(fine[m]):.4f}, point "
-                f"{m} of {settings.fine_steps}) leaves {m} fine steps above it for steps_slow="
-                f"{settings.steps_slow} and {settings.fine_steps - m} below for steps_fast={settings.steps_fast}; "
-                "move the switch, take fewer steps or raise fine_steps.")
-        through = (settings.steps_slow, m)
+    node = schedule_fit.switch_node(fine, settings)
+    through = None if node is None else (settings.steps_slow, node)
     pair = (None, None)
     if low_noise is not None:
         if through is None:
             raise ValueError("model_low_noise: a second model needs the sigma where the pair hands over (switch_sigma).")
-        pair = (low_noise, (float(fine[through[1] - 1]) + float(fine[through[1]])) / 2)  # the fit's own switch rule
+        pair = (low_noise, (float(fine[node - 1]) + float(fine[node])) / 2)  # the fit's own switch rule
+    data = _teacher_data(patcher, prompts, negative, latent, settings, fine, sampler, teacher_sampler, method, pair,
+                         on_step)
+    nodes, passes = _path(patcher, prompts, negative, latent, settings, fine, sampler, method, pair, through, data)
+    sigmas = fine[nodes].clone()
+    plain = comfy.samplers.calculate_sigmas(model_sampling, settings.scheduler, n).float().cpu()
+    plain_nodes = on_grid(fine, plain)
+    fit = schedule_fit.ScheduleFit(
+        sigmas=sigmas, nodes=nodes,
+        # With a pair of experts the switch is where the teacher handed over (between the same two fitted points),
+        # so Glance Phase KSampler runs each step on the model the teacher ran it on.
+        switch_sigma=pair[1] if pair[0] is not None else switch_between(sigmas, settings.steps_slow),
+        fit_error=_summed_error(data.errors, nodes), plain_sigmas=plain,
+        plain_error=_summed_error(data.errors, plain_nodes) if plain_nodes is not None else None,
+        model_passes=data.passes + passes, seconds=0.0)
+    check = None
+    count = min(CHECK_ROLLOUTS if check_rollouts is None else check_rollouts, settings.rollouts)
+    if count > 0:
+        check = _check(patcher, prompts, negative, latent, settings, sampler, teacher_sampler, sigmas, plain, data.ends,
+                       count, pair)
+        fit.model_passes += check.passes
+    fit.seconds = time.perf_counter() - start
+    return SamplerFit(fit=fit, sampler=sampler, check=check, extras={"method": method})
 
+
+def _teacher_data(patcher, prompts, negative, latent, settings, fine, sampler, teacher_sampler, method, pair,
+                  on_step) -> _TeacherData:
+    """The teacher's rollouts on the fine schedule, reduced as they finish to the mean Gram matrix of their states and
+    denoised predictions (every step's error for ``sampler``), their end states and, where the path needs them, their
+    states."""
     size = 2 * settings.fine_steps + 1
     g = torch.zeros((size, size), dtype=torch.float64)
-    ends: dict[int, torch.Tensor] = {}  # rollout index -> the teacher's end state, for the check
-    method = method or default_method(sampler)
-    states: dict[int, list] = {}  # prompt -> its rollouts' states (the student-state path's targets)
+    data = _TeacherData(errors=g, ends={}, states={}, passes=0)
 
     def add(r: teacher.Rollout) -> None:
         denoised = r.x[:-1] - fine[:-1].view(-1, *[1] * (r.x.dim() - 1)) * r.velocity
         g.add_(sampler_steps.gram(r.x, denoised))
-        ends[r.seed - settings.seed] = r.x[-1]
+        data.ends[r.seed - settings.seed] = r.x[-1]
         if method == STUDENT_STATE:
-            states.setdefault(r.prompt, []).append(r.x)
+            data.states.setdefault(r.prompt, []).append(r.x)
 
-    passes = teacher.rollouts(patcher, prompts, negative, settings.cfg, latent, fine, settings.rollouts, settings.seed,
-                              add, on_step, sampler=teacher_sampler, low_noise=pair[0], handover=pair[1])
-    g /= settings.rollouts
-    e = sampler_steps.step_errors(g, fine, sampler)
+    data.passes = teacher.rollouts(patcher, prompts, negative, settings.cfg, latent, fine, settings.rollouts,
+                                   settings.seed, add, on_step, sampler=teacher_sampler, low_noise=pair[0],
+                                   handover=pair[1])
+    data.errors = sampler_steps.step_errors(g / settings.rollouts, fine, sampler)
+    return data
+
+
+def _path(patcher, prompts, negative, latent, settings, fine, sampler, method, pair, through,
+          data: _TeacherData) -> tuple[list[int], int]:
+    """The fitted path's fine points by ``method``, and the model passes its search took."""
+    n = settings.steps_slow + settings.steps_fast
+    counter = teacher.PassCounter()
     if method == STUDENT_STATE:
-        counter = teacher.PassCounter()
-        order = sorted(states)
+        order = sorted(data.states)
         evaluate = _pair_denoiser(counter.attach(patcher), [prompts[p] for p in order], negative, settings.cfg, latent,
-                                  counter.attach(low_noise) if low_noise is not None else None, pair[1])
-        _, nodes, _ = sampler_steps.student_state_path(evaluate, [torch.stack(states[p]) for p in order], fine, sampler,
-                                                     n, through)
-        passes += counter.passes
-        error = float(sum(e[(h + 1) if j > 0 else 0, i, k] for j, (h, i, k) in
-                          enumerate(zip([-1] + nodes[:-2], nodes[:-1], nodes[1:]))))
-    elif method in (TEACHER_LOCAL, REFINED):
-        error, nodes = sampler_steps.least_error_path(e, n, through)
-    else:
-        raise ValueError(f"method={method!r}: {STUDENT_STATE}, {TEACHER_LOCAL} or {REFINED}")
+                                  counter.attach(pair[0]) if pair[0] is not None else None, pair[1])
+        _, nodes, _ = sampler_steps.student_state_path(evaluate, [torch.stack(data.states[p]) for p in order], fine,
+                                                       sampler, n, through)
+        return nodes, counter.passes
+    _, nodes = sampler_steps.least_error_path(data.errors, n, through)
     if method == REFINED:
-        counter = teacher.PassCounter()
         counted = counter.attach(patcher)
-        groups = [(p, [r for r in range(p, settings.rollouts, len(prompts))]) for p in range(min(len(prompts), settings.rollouts))]
+        groups = [(p, list(range(p, settings.rollouts, len(prompts)))) for p in range(min(len(prompts), settings.rollouts))]
 
         def end_error(candidate: list[int]) -> float:
             total = 0.0
@@ -219,35 +256,11 @@ def fit_for_sampler(patcher, prompts: list, negative, latent: torch.Tensor, sett
                 mm.throw_exception_if_processing_interrupted()
                 out = _end_states(counted, prompts[p], negative, settings.cfg, latent, fine[candidate],
                                   [settings.seed + r for r in rs], sampler, pair)
-                total += float(((out - torch.stack([ends[r] for r in rs])) ** 2).reshape(len(rs), -1).mean(1).sum())
+                total += float(((out - torch.stack([data.ends[r] for r in rs])) ** 2).reshape(len(rs), -1).mean(1).sum())
             return total / settings.rollouts
 
         nodes, _, _ = refine_path(end_error, nodes, {through[0]} if through else set())
-        passes += counter.passes
-        error = float(sum(e[h + 1, i, k] for h, i, k in zip([-1] + nodes[:-2], nodes[:-1], nodes[1:])))
-    sigmas = fine[nodes].clone()
-    plain = comfy.samplers.calculate_sigmas(model_sampling, settings.scheduler, n).float().cpu()
-    plain_nodes = on_grid(fine, plain)
-    plain_error = None
-    if plain_nodes is not None:
-        plain_error = float(sum(e[(h + 1) if j > 0 else 0, i, k] for j, (h, i, k) in
-                                enumerate(zip([-1] + plain_nodes[:-2], plain_nodes[:-1], plain_nodes[1:]))))
-    fit = schedule_fit.ScheduleFit(
-        sigmas=sigmas, nodes=nodes,
-        # With a pair of experts the switch is where the teacher handed over (between the same two fitted points),
-        # so Glance Phase KSampler runs each step on the model the teacher ran it on.
-        switch_sigma=pair[1] if pair[0] is not None else switch_between(sigmas, settings.steps_slow),
-        fit_error=error, plain_sigmas=plain, plain_error=plain_error, model_passes=passes,
-        seconds=0.0)
-
-    check = None
-    count = min(CHECK_ROLLOUTS if check_rollouts is None else check_rollouts, settings.rollouts)
-    if count > 0:
-        check = _check(patcher, prompts, negative, latent, settings, sampler, teacher_sampler, sigmas, plain, ends,
-                       count, pair)
-        fit.model_passes += check.passes
-    fit.seconds = time.perf_counter() - start
-    return SamplerFit(fit=fit, sampler=sampler, check=check, extras={"method": method})
+    return nodes, counter.passes
 
 
 def _check(patcher, prompts, negative, latent, settings, sampler, teacher_sampler, sigmas, plain, ends, count,

@@ -93,7 +93,7 @@ def fine_schedule(model_sampling, scheduler: str, steps: int) -> torch.Tensor:
     return sigmas
 
 
-def _switch_node(fine: torch.Tensor, settings: FitSettings) -> int | None:
+def switch_node(fine: torch.Tensor, settings: FitSettings) -> int | None:
     if settings.switch_sigma is None:
         return None
     node = nearest_node(fine, settings.switch_sigma)
@@ -113,12 +113,12 @@ def fit_schedule(patcher, prompts: list, negative, latent: torch.Tensor, setting
     start = time.perf_counter()
     model_sampling = patcher.get_model_object("model_sampling")
     fine = fine_schedule(model_sampling, settings.scheduler, settings.fine_steps)
-    switch_node = _switch_node(fine, settings)
+    node = switch_node(fine, settings)
     total = torch.zeros((len(fine), len(fine)), dtype=torch.float64)
     passes = teacher.rollouts(patcher, prompts, negative, settings.cfg, latent, fine, settings.rollouts, settings.seed,
                               lambda r: total.add_(local_errors(r.x, r.velocity, fine)), on_step)
     errors = total / settings.rollouts
-    path = fit_path(errors, settings.steps_slow, settings.steps_fast, switch_node)
+    path = fit_path(errors, settings.steps_slow, settings.steps_fast, node)
     sigmas = fine[path.nodes].clone()
     plain = comfy.samplers.calculate_sigmas(model_sampling, settings.scheduler,
                                             settings.steps_slow + settings.steps_fast).float().cpu()
