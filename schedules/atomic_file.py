@@ -33,14 +33,7 @@ def write_atomic(path, write, *, overwrite: bool = True, mode: int | None = 0o64
         if overwrite:
             os.replace(tmp, path)
         else:
-            try:
-                os.link(tmp, path)  # fails if the name appeared meanwhile: no silent overwrite
-            except FileExistsError:
-                raise FileExistsError(f"'{path}' appeared while writing; nothing overwritten") from None
-            except OSError:  # a filesystem without hard links
-                if path.exists():
-                    raise FileExistsError(f"'{path}' already exists; nothing overwritten") from None
-                os.replace(tmp, path)
+            _place_new(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -65,14 +58,7 @@ def write_atomic_group(writes, *, before_placing=None, mode: int | None = 0o644)
         if before_placing is not None:
             before_placing()
         for path, tmp in zip(paths, temps):
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise FileExistsError(f"'{path}' appeared while writing; nothing overwritten") from None
-            except OSError:  # a filesystem without hard links
-                if path.exists():
-                    raise FileExistsError(f"'{path}' already exists; nothing overwritten") from None
-                os.replace(tmp, path)
+            _place_new(tmp, path)
             placed.append(path)
     except BaseException:
         for path in placed:
@@ -82,3 +68,16 @@ def write_atomic_group(writes, *, before_placing=None, mode: int | None = 0o644)
         for tmp in temps:
             tmp.unlink(missing_ok=True)
     return paths
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """``tmp`` takes the name ``path``, which must not exist: a hard link fails if the name appeared meanwhile (no
+    silent overwrite); on a filesystem without hard links, a check just before the rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"'{path}' appeared while writing; nothing overwritten") from None
+    except OSError:  # a filesystem without hard links
+        if path.exists():
+            raise FileExistsError(f"'{path}' already exists; nothing overwritten") from None
+        os.replace(tmp, path)
