@@ -1,31 +1,20 @@
-"""Fitting a few-step schedule to a model: which points of its own fine schedule to step on.
+"""What a schedule fit is made of: its settings and their checks, the fine schedule the teacher samples, the point
+where a requested switch falls on it, and the result (``ScheduleFit``).
 
-1. Teacher rollouts (``teacher.py``): the guided model samples ``rollouts`` images with Euler on a fine schedule
-   of N steps (e.g. 50), recording the state x_i and the guided velocity v_i at every point.
-2. Local Euler error of a big step from point i straight to point k (i < k), averaged over the rollouts, and the
-   least-error path of steps_slow + steps_fast steps through the fine points (``schedules/search.py``). Given a
-   switch sigma, the switch node is the fine point nearest to it.
-3. The record (``schedules/records.py``) saved as a schedule file (``schedules/files.py``).
-
-The switch sigma handed to the sampler lies midway between the last slow and the first fast point, as the
-published presets place theirs (``schedules/switch.py``).
+The fit itself (teacher rollouts, the sampler's own step errors, the path, the check) is
+``sampler_schedule.py``; its path search is ``schedules/sampler_steps.py``. The switch sigma handed to the sampler
+lies midway between the last slow and the first fast point, as the published presets place theirs
+(``schedules/switch.py``).
 """
 from __future__ import annotations
 
-import logging
 import math
-import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import comfy.samplers
 import torch
 
-from ..schedules.search import fit_path, local_errors, nearest_node, on_grid, path_error
-from ..schedules.switch import switch_between
-from . import teacher
-
-log = logging.getLogger("comfyui-glance")
+from ..schedules.search import nearest_node
 
 
 @dataclass
@@ -45,12 +34,11 @@ class ScheduleFit:
     sigmas: torch.Tensor  # the fitted schedule, steps_slow + steps_fast + 1 values, ending at 0
     switch_sigma: float
     nodes: list[int]
-    fit_error: float  # summed local Euler error along the fitted path, mean over rollouts
+    fit_error: float  # the sampler's summed step error along the fitted path, mean over rollouts
     plain_sigmas: torch.Tensor  # the scheduler's own schedule with the same number of steps
-    plain_error: float | None  # its summed local error, when its points lie on the fine schedule
+    plain_error: float | None  # its summed step error, when its points lie on the fine schedule
     model_passes: int
     seconds: float
-    errors: torch.Tensor = field(repr=False, default=None)  # the mean error matrix
 
 
 @dataclass
@@ -104,28 +92,3 @@ def switch_node(fine: torch.Tensor, settings: FitSettings) -> int | None:
             f"{settings.steps_slow} and {settings.fine_steps - node} below for steps_fast={settings.steps_fast}; "
             "move the switch, take fewer steps or raise fine_steps.")
     return node
-
-
-def fit_schedule(patcher, prompts: list, negative, latent: torch.Tensor, settings: FitSettings,
-                 on_step: Callable[[int], None] | None = None) -> ScheduleFit:
-    """Teacher rollouts on the fine schedule, the mean error matrix, and the least-error path."""
-    check_settings(settings)
-    start = time.perf_counter()
-    model_sampling = patcher.get_model_object("model_sampling")
-    fine = fine_schedule(model_sampling, settings.scheduler, settings.fine_steps)
-    node = switch_node(fine, settings)
-    total = torch.zeros((len(fine), len(fine)), dtype=torch.float64)
-    passes = teacher.rollouts(patcher, prompts, negative, settings.cfg, latent, fine, settings.rollouts, settings.seed,
-                              lambda r: total.add_(local_errors(r.x, r.velocity, fine)), on_step)
-    errors = total / settings.rollouts
-    path = fit_path(errors, settings.steps_slow, settings.steps_fast, node)
-    sigmas = fine[path.nodes].clone()
-    plain = comfy.samplers.calculate_sigmas(model_sampling, settings.scheduler,
-                                            settings.steps_slow + settings.steps_fast).float().cpu()
-    plain_nodes = on_grid(fine, plain)
-    return ScheduleFit(
-        sigmas=sigmas, switch_sigma=switch_between(sigmas, settings.steps_slow), nodes=path.nodes,
-        fit_error=path.error, plain_sigmas=plain,
-        plain_error=path_error(errors, plain_nodes) if plain_nodes is not None else None,
-        model_passes=passes, seconds=time.perf_counter() - start, errors=errors,
-    )
