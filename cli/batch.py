@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -125,6 +126,7 @@ class Batch:
         self.finished: dict[str, dict] = {}
         self.failed: dict[str, str] = {}
         self.lock = threading.Condition()
+        self.crash: BaseException | None = None  # an error of this client in a server's thread: ends the batch
         self.stream = stream or sys.stderr
 
     # --- shared state ---------------------------------------------------------------------------------
@@ -241,7 +243,7 @@ class Batch:
         next_lost_check = time.monotonic() + LOST_CHECK_S
         while True:
             with self.lock:
-                if server.aside:
+                if server.aside or self.crash:
                     return
                 new = []
                 while len(server.assigned) < DEPTH and self.pending:
@@ -265,9 +267,16 @@ class Batch:
             except ServerGone as e:
                 self.set_aside(server, str(e))
                 return
-            except Exception as e:  # stopped answering (OSError), answers oddly, or anything else: its jobs move on
+            except (OSError, json.JSONDecodeError, http.client.HTTPException) as e:
+                # The server stopped answering (connection, timeout) or answered what is not ComfyUI's JSON: its jobs
+                # move on. Anything else is a fault of this client, not of the server: the batch stops with it.
                 reason = getattr(e, "reason", None) or e
                 self.set_aside(server, f"{type(e).__name__}: {reason}")
+                return
+            except BaseException as e:
+                with self.lock:
+                    self.crash = self.crash or e
+                    self.lock.notify_all()
                 return
             time.sleep(POLL_S)
 
@@ -277,6 +286,8 @@ class Batch:
             t.start()
         for t in threads:
             t.join()
+        if self.crash is not None:
+            raise self.crash
 
 
 # --- checks before any job is queued ---------------------------------------------------------------------

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import glance_server as gs
 import pytest
@@ -124,3 +125,35 @@ def test_timeout_names_the_time_given(live, kit_files, tmp_path):
                 break
             live.client.post_json("/interrupt", {})
             time.sleep(0.2)
+
+
+def _batch_of_one_job(queue):
+    """A batch of one job over one server whose ``queue`` call is ``queue`` (no server is reached)."""
+    import io
+
+    from cli import batch
+
+    server = batch.Server("http://127.0.0.1:9")
+    server.client.queue = queue
+    workflow = {"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "x"}, "_meta": {"title": "Prompt"}}}
+    jobs = batch.make_jobs(["an apple"], None)
+    return batch.Batch(workflow, jobs, [server], Path("/nonexistent"), "Prompt.text", None, 5.0, 0,
+                       stream=io.StringIO()), server
+
+
+def test_batch_sets_aside_a_server_that_stops_answering_but_stops_on_its_own_fault():
+    def refused(prompt):
+        raise ConnectionRefusedError("connection refused")
+
+    run, server = _batch_of_one_job(refused)
+    run.run()
+    assert server.aside and "ConnectionRefusedError" in server.aside  # the server's fault: set aside, job kept
+    assert len(run.pending) == 1 and run.pending[0].tries == 1  # its job waits for another server
+
+    def client_bug(prompt):
+        raise KeyError("a fault of the client, not of the server")
+
+    run, server = _batch_of_one_job(client_bug)
+    with pytest.raises(KeyError, match="a fault of the client"):
+        run.run()
+    assert server.aside is None  # not blamed on the server
