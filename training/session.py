@@ -25,7 +25,7 @@ from ..host_compat import non_dynamic, training_mode
 from . import memory, precision
 from .adapters import frozen_base, lora_terms, target_layers
 from .blocks import block_lists, trainable_blocks
-from .optim import make_optimizer, optimizer_name, optimizer_step
+from .optim import checked_backward, make_optimizer, optimizer_name, optimizer_step
 from .settings import LoraSettings
 
 log = logging.getLogger("comfyui-glance")
@@ -138,6 +138,24 @@ def run_in_sampling(session: Session, guider: comfy.samplers.CFGGuider, latent: 
     with torch.inference_mode(False), torch.enable_grad(), training_mode():
         latent = latent.detach().clone()
         guider.sample(torch.zeros_like(latent), latent, _SessionSampler(inside), sigmas, seed=settings.seed)
+
+
+def check_trainable(session: Session, guider: comfy.samplers.CFGGuider, latent: torch.Tensor, sigma: float) -> None:
+    """Before any long work (the distiller's teacher rollouts): one prediction of ``guider`` at ``sigma`` with rank-1
+    LoRA terms on every target layer, and its backward pass, with no optimiser step, exactly as a training step
+    runs; optim.NotTrainableError where the host's model runs an operation that autograd cannot differentiate (v0.33's
+    Cosmos Predict2 attention). Costs one model pass (with ``guider``'s cfg: use 1) and loads the model as the run
+    will."""
+    def body(model_wrap, x0, model_options):
+        device = session.device
+        with lora_terms(session.dm, session.targets, 1, 1.0, session.settings.seed, device):
+            x = x0[:1].to(device)
+            with session.precision.autocast_context(device):
+                out = model_wrap(x, torch.full((1,), float(sigma), device=device), model_options=model_options,
+                                 seed=session.settings.seed)
+            checked_backward(out.float().square().mean())
+
+    run_in_sampling(session, guider, latent[:1], torch.tensor([float(sigma), 0.0]), body)
 
 
 def train_adapter(session: Session, seed: int, step_loss: Callable[[int], torch.Tensor], what: str,
