@@ -61,7 +61,8 @@ def plan_memory(patcher, targets, settings: LoraSettings, latent_shape, text_tok
               for name, mods in block_lists(dm, settings.block_lists)]
     return memory.estimate(
         weights=patcher.model_size(), layer_shapes=[(m.in_features, m.out_features) for _, m in targets],
-        rank=settings.rank, blocks=blocks, tokens=memory.image_tokens(latent_shape) + int(text_tokens),
+        rank=settings.rank, blocks=blocks,
+        tokens=memory.image_tokens(latent_shape, memory.patch_size(dm)) + int(text_tokens),
         width=hidden_width(dm, settings.width_module, targets), activation_bytes=prec.activation_bytes,
         checkpointing=settings.gradient_checkpointing, optimizer_name=optimizer,
     )
