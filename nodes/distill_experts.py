@@ -28,7 +28,8 @@ class GlanceDistillExperts(io.ComfyNode):
                 "own fine-step sampling lands: the model (with no LoRA) samples a few images on a fine schedule, "
                 "and for each big step [s_i, s_k] of the schedule the expert learns the velocity that goes from the "
                 "fine run's x_i straight to its x_k. Needs prompts only, no image. Both experts train in one model "
-                "load and are saved into models/loras."
+                "load and are saved into models/loras. With model_low_noise (e.g. Wan 2.2 A14B's two experts) the "
+                "teacher is the pair, the slow expert a LoRA of 'model' and the fast one of model_low_noise."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The base model (never modified); it is also the teacher."),

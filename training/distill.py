@@ -10,7 +10,12 @@ predicting through the host's guider with its phase's cfg, as the phase runs at 
 pass there and here). Loss: MSE between the expert's velocity ``(x - denoised) / s`` and the target. The experts
 train one after the other inside one run session (training/session.py: one model load, the trainer's memory plan,
 precision and optimiser); afterwards the diffusion model has no hook, no trainable flag and the same tensors as
-before, and its weights were never written.
+before, and its weights were never written. Before the rollouts, one model pass with its backward checks that the
+host can train the model at all (session.check_trainable).
+
+With a pair of models (e.g. Wan 2.2 A14B's high- and low-noise experts) the teacher is the pair, handing over at the
+switch (the first model for the fine steps that start above it), and each expert trains in a session of its own
+model: the slow expert on the first, the fast one on the second, one model load each.
 """
 from __future__ import annotations
 
