@@ -439,3 +439,15 @@ def test_wan22_distill_pair_bad_inputs_stop_before_the_teacher(comfy, cases, bas
                                                          (fine[0] + fine[2]) / 2, (fine[0] + fine[2]) / 2, "wan22 other"))
     assert rec.shapes == []
     assert not list((base_dir / "models" / "loras" / "families").glob("wan22 bad*"))
+
+
+def test_pair_switch_rule(pack):
+    """The switch of a pair's schedule: where handover_sigma itself splits the steps, or with the point nearest it as
+    the first fast step (where Glance Fit Schedule with the pair puts its switch_sigma); anything else is refused."""
+    switch = pack("schedules.switch")
+    sigmas = [1.0, 0.95, 0.88, 0.6, 0.0]
+    for ok in (0.875, 0.7, (0.95 + 0.88) / 2):
+        assert switch.pair_switch_problem(sigmas, ok, 0.875) is None, ok
+    for bad in (0.5, 0.97):
+        assert switch.pair_switch_problem(sigmas, bad, 0.875).startswith(f"switch_sigma={bad:g} differs from "
+                                                                         "handover_sigma=0.875: ")
