@@ -49,3 +49,19 @@ def test_estimate_bounds_the_measured_activations(comfy, kind):
         measured = sum(run["counts"].values()) * 4
         estimate = run["estimate"].activations
         assert measured <= estimate <= 2 * measured, f"{kind} at {size} px: estimate {estimate}, measured {measured}"
+
+
+def test_estimate_counts_the_caption_tokens_the_model_sees(comfy, pack):
+    """Flux.2 pads the caption to 512 tokens in its own conditioning (ComfyUI 0.33): the estimate counts those; a
+    model that does not pad (Wan) keeps the caption's own tokens."""
+    from benchmarks import families as F
+
+    session = pack("training.session")
+    wan = F.build("Wan 2.1")
+    assert session.caption_tokens_seen(wan, 8, (1, 16, 1, 8, 8)) == 8
+    try:
+        flux2 = F.build("Flux.2")
+    except F.Unsupported as e:
+        pytest.skip(str(e))
+    assert session.caption_tokens_seen(flux2, 8, (1, 128, 8, 8)) == 512
+    assert train_memory.saved_per_block("Flux.2", 64)["tokens"] == 8 * 8 + 512  # 1x1 patches of the 8x8 latent

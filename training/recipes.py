@@ -80,7 +80,7 @@ def _attention(arch: str, targets: tuple[str, ...], blocks: tuple[str, ...], per
 
 # FLUX-style double/single-stream blocks (FLUX.1's layout; the image stream's fused qkv and output, and linear1).
 _FLUX_STYLE = ("img_attn.qkv", "img_attn.proj", "linear1")
-FLUX2 = _attention("Flux.2", _FLUX_STYLE, ("double_blocks", "single_blocks"), (58.0, 56.0), context="txt_in", inplace=True)
+FLUX2 = _attention("Flux.2", _FLUX_STYLE, ("double_blocks", "single_blocks"), (23.0, 21.0), context="txt_in", inplace=True)
 CHROMA = _attention("Chroma", _FLUX_STYLE, ("double_blocks", "single_blocks"), (17.0, 15.0), context="txt_in", inplace=True)
 HUNYUAN_VIDEO = _attention("HunyuanVideo", _FLUX_STYLE, ("double_blocks", "single_blocks"), (17.0, 15.0),
                            context="txt_in.input_embedder", pooled="vector_in.in_layer", inplace=True)

@@ -52,10 +52,24 @@ def hidden_width(dm: torch.nn.Module, width_module: str | None, targets) -> int:
     return int(targets[0][1].in_features)
 
 
+def caption_tokens_seen(patcher, text_tokens: int, latent_shape) -> int:
+    """The caption tokens the model's blocks see for a caption of ``text_tokens``: the model's own conditioning
+    (its ``extra_conds``, as the host's sampler prepares it; on the meta device, nothing computed) pads some (Flux.2
+    to 512 tokens); the caption's own tokens where it cannot be asked."""
+    meta = torch.device("meta")
+    try:
+        out = patcher.model.extra_conds(cross_attn=torch.zeros((1, int(text_tokens), 1), device=meta),
+                                        noise=torch.zeros(tuple(latent_shape), device=meta), device=meta)
+        return max(int(text_tokens), int(out["c_crossattn"].cond.shape[1]))
+    except Exception:  # a model whose conditioning needs more than the caption and the latent
+        return int(text_tokens)
+
+
 def plan_memory(patcher, targets, settings: LoraSettings, latent_shape, text_tokens: int,
                 prec: precision.Precision, optimizer: str) -> memory.MemoryEstimate:
     """The run's memory (training/memory.py) for this model, latent and caption."""
     dm = patcher.model.diffusion_model
+    text_tokens = caption_tokens_seen(patcher, text_tokens, latent_shape)
     fallback = max(settings.activation_per_token.values(), default=memory.GENERIC_PER_TOKEN)
     blocks = [memory.BlockList(name, len(mods), settings.activation_per_token.get(name, fallback))
               for name, mods in block_lists(dm, settings.block_lists)]
