@@ -12,8 +12,9 @@ as training/memory.py describes them, in bf16 (CUDA with bf16 autocast), with th
 full-size model built on the meta device (every layer and shape, no weights). Weights are the host's size of that
 model stored in bf16 or fp8. The caption is taken as 256 tokens (FLUX's T5 pads to at least 256).
 
-``--calibrate`` measures the saved activation elements per block of the small test models (benchmarks/models.py) in
-the trainer's own forward pass, at several image sizes, and fits elements = a * tokens * width + b * tokens^2 + c:
+``--calibrate`` measures the saved activation elements per block of the small test models (benchmarks/models.py, and
+benchmarks/families.py for every family without a paper recipe) in the trainer's own forward pass, at several image
+sizes, with the trainer's own token count (the model's patch size, the caption as the model sees it), and fits elements = a * tokens * width + b * tokens^2 + c:
 ``a`` is the coefficient (the tokens^2 term is the CPU attention's softmax, which CUDA's fused attention does not keep).
 """
 from __future__ import annotations
