@@ -12,8 +12,9 @@ as training/memory.py describes them, in bf16 (CUDA with bf16 autocast), with th
 full-size model built on the meta device (every layer and shape, no weights). Weights are the host's size of that
 model stored in bf16 or fp8. The caption is taken as 256 tokens (FLUX's T5 pads to at least 256).
 
-``--calibrate`` measures the saved activation elements per block of the small test models (benchmarks/models.py) in
-the trainer's own forward pass, at several image sizes, and fits elements = a * tokens * width + b * tokens^2 + c:
+``--calibrate`` measures the saved activation elements per block of the small test models (benchmarks/models.py, and
+benchmarks/families.py for every family without a paper recipe) in the trainer's own forward pass, at several image
+sizes, with the trainer's own token count (the model's patch size, the caption as the model sees it), and fits elements = a * tokens * width + b * tokens^2 + c:
 ``a`` is the coefficient (the tokens^2 term is the CPU attention's softmax, which CUDA's fused attention does not keep).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.append(str(ROOT))  # `cli`; appended, so that the host's `nodes` module wins over the pack's folder
 from cli.host import pack_module, start_in_process  # noqa: E402
+from benchmarks import families as F  # noqa: E402
 from benchmarks import models as gm  # noqa: E402
 
 RESOLUTION = 1024
@@ -117,68 +119,119 @@ def table() -> tuple[list[str], list[str]]:
     return lines, problems
 
 
+# The families of benchmarks/families.py without a paper recipe whose coefficients --calibrate measures (Wan 2.2 A14B
+# is Wan 2.1's model class and recipe; Qwen-Image, FLUX.1 and SD3 are measured on benchmarks/models.py's models).
+FAMILY_KINDS = ("Flux.2", "Chroma", "AuraFlow", "Lumina2", "Z-Image", "HiDream", "HunyuanImage 2.1", "Wan 2.1",
+                "Wan 2.2 5B", "HunyuanVideo", "LTXV", "Cosmos Predict2")
+
+
+def _small_run(kind: str, size: int):
+    """(model, latent, caption) of the small ``kind`` model for a ``size``-pixel image (8 image pixels per latent
+    pixel for the families, whatever their own VAE: only the latent's size matters here)."""
+    if kind in FAMILY_KINDS:
+        model = F.build(kind)
+        channels, dims = F.latent_layout(model)
+        side = size // 8
+        shape = (1, channels, 1, side, side) if dims == 3 else (1, channels, side, side)
+        return model, torch.randn(shape, generator=torch.Generator().manual_seed(0)), F.conditioning(kind, 1)
+    data = pack_module("training.data")
+    model = {"flux": gm.make_flux, "qwen": gm.make_qwen, "sd3": gm.make_sd3}[kind]()
+    latent = data.encode_latent(gm.make_tiny_vae(), data.prepare_image(gm.sample_image(size), size, 32), model)
+    return model, latent, gm.conditioning(kind, 1)
+
+
+def saved_per_block(kind: str, size: int, checkpointing: bool = False):
+    """One training step of the small ``kind`` model (the trainer's own forward and backward) at ``size`` px: the
+    saved activation elements of each block (what autograd keeps for the backward pass: not a weight, not a LoRA
+    matrix), those outside the blocks, and the run (blocks, tokens, width, the trainer's estimate)."""
+    import comfy.patcher_extension as pe
+
+    blocks_mod, settings_mod, trainer, recipes, adapters, session = (pack_module(f"training.{m}") for m in (
+        "blocks", "settings", "trainer", "recipes", "adapters", "session"))
+    model, latent, positive = _small_run(kind, size)
+    model = model.clone()
+    recipe = recipes.detect_recipe(model)
+    dm = model.model.diffusion_model
+    blocks = [(name, block) for name, mods in blocks_mod.block_lists(dm, recipe.block_lists) for block in mods]
+    own = {t.untyped_storage().data_ptr() for t in list(model.model.parameters()) + list(model.model.buffers())}
+    counts, current, outside = {}, [], {}
+
+    def pack(t):
+        if not (t.is_leaf and t.requires_grad):  # not a weight, not a LoRA matrix
+            key = t.untyped_storage().data_ptr()
+            elements = t.untyped_storage().nbytes() // t.element_size()
+            if current and key not in own:  # each storage counted once, in the first block that saves it
+                own.add(key)
+                counts[current[-1]] = counts.get(current[-1], 0) + elements
+            elif not current:
+                outside[key] = elements
+        return t
+
+    def measure(executor, *args, **kwargs):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            return executor(*args, **kwargs)
+
+    def leave(module, args, output):
+        current.pop()  # returns None: the block's output is left as it is
+
+    handles = []
+    for i, (_, block) in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(lambda m, a, i=i: current.append(i)))
+        handles.append(block.register_forward_hook(leave))
+    model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "glance-measure", measure)
+    if recipe.guidance is not None:
+        positive = [[c, {**e, "guidance": recipe.guidance}] for c, e in positive]
+    settings = settings_mod.TrainSettings(sigmas=(0.9,), target_modules=recipe.target_modules, rank=8, alpha=8.0,
+                                          learning_rate=1e-4, steps=1, seed=0, gradient_checkpointing=checkpointing,
+                                          block_lists=recipe.block_lists,
+                                          activation_per_token=dict(recipe.activation_per_token),
+                                          width_module=recipe.context_module)
+    try:
+        with torch.inference_mode():
+            result = trainer.train_lora(model, latent, positive, settings, recipe.arch)
+    finally:
+        for h in handles:
+            h.remove()
+    counts[None] = sum(n for key, n in outside.items() if key not in own)  # outside the blocks, not kept by one
+    # The trainer's own count of tokens (the latent's patches under the model's patch size, plus the caption's)
+    width = session.hidden_width(dm, recipe.context_module, adapters.target_layers(dm, recipe.target_modules))
+    return dict(blocks=blocks, counts=counts, tokens=result.memory.tokens, width=width, estimate=result.memory,
+                recipe=recipe)
+
+
 def measure_per_token(kind: str, sizes=(64, 96, 128, 192)) -> dict[str, float]:
     """The fitted coefficient ``a`` per block list of the small ``kind`` model (see the module docstring)."""
-    import comfy.patcher_extension as pe
     import numpy as np
 
-    blocks_mod, settings_mod, trainer, recipes, data = (pack_module(f"training.{m}") for m in (
-        "blocks", "settings", "trainer", "recipes", "data"))
-    builder = {"flux": gm.make_flux, "qwen": gm.make_qwen, "sd3": gm.make_sd3}[kind]
     rows = []
     for size in sizes:
-        model = builder().clone()
-        recipe = recipes.detect_recipe(model)
-        dm = model.model.diffusion_model
-        blocks = [(name, block) for name, mods in blocks_mod.block_lists(dm, recipe.block_lists) for block in mods]
-        own = {t.untyped_storage().data_ptr() for t in list(model.model.parameters()) + list(model.model.buffers())}
-        counts, current = {}, []
-
-        def pack(t):
-            if current and not (t.is_leaf and t.requires_grad):  # not a weight, not a LoRA matrix
-                key = t.untyped_storage().data_ptr()
-                if key not in own:
-                    own.add(key)
-                    counts[current[-1]] = counts.get(current[-1], 0) + t.untyped_storage().nbytes() // t.element_size()
-            return t
-
-        def measure(executor, *args, **kwargs):
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                return executor(*args, **kwargs)
-
-        def leave(module, args, output):
-            current.pop()  # returns None: the block's output is left as it is
-
-        handles = []
-        for i, (_, block) in enumerate(blocks):
-            handles.append(block.register_forward_pre_hook(lambda m, a, i=i: current.append(i)))
-            handles.append(block.register_forward_hook(leave))
-        model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "glance-measure", measure)
-        latent = data.encode_latent(gm.make_tiny_vae(), data.prepare_image(gm.sample_image(size), size, 32), model)
-        positive = gm.conditioning(kind, 1)
-        if recipe.guidance is not None:
-            positive = [[c, {**e, "guidance": recipe.guidance}] for c, e in positive]
-        settings = settings_mod.TrainSettings(sigmas=(0.9,), target_modules=recipe.target_modules, rank=8, alpha=8.0,
-                                              learning_rate=1e-4, steps=1, seed=0, gradient_checkpointing=False,
-                                              block_lists=recipe.block_lists)
-        try:
-            with torch.inference_mode():
-                trainer.train_lora(model, latent, positive, settings, recipe.arch)
-        finally:
-            for h in handles:
-                h.remove()
-        tokens = latent[0, 0].numel() // 4 + positive[0][0].shape[1]
-        width = dm.get_submodule(recipe.context_module).out_features
+        run = saved_per_block(kind, size)
         per_list = {}
-        for i, (name, _) in enumerate(blocks):
-            per_list[name] = max(per_list.get(name, 0), counts.get(i, 0))
-        rows.append((tokens, width, per_list))
+        for i, (name, _) in enumerate(run["blocks"]):
+            per_list[name] = max(per_list.get(name, 0), run["counts"].get(i, 0))
+        rows.append((run["tokens"], run["width"], per_list))
     fitted = {}
     for name in rows[0][2]:
         x = np.array([[n * w, n * n, w] for n, w, _ in rows], dtype=float)
         y = np.array([p[name] for _, _, p in rows], dtype=float)
         fitted[name] = float(np.linalg.lstsq(x, y, rcond=None)[0][0])
     return fitted
+
+
+def calibrate() -> None:
+    recipes, optim = pack_module("training.recipes"), pack_module("training.optim")
+    kinds = [("flux", recipes.FLUX), ("qwen", recipes.QWEN), ("sd3", recipes.SD3)] + [(k, None) for k in FAMILY_KINDS]
+    for kind, recipe in kinds:
+        try:
+            if recipe is None:
+                recipe = recipes.detect_recipe(F.build(kind))
+            measured = measure_per_token(kind)
+        except (F.Unsupported, optim.NotTrainableError) as e:
+            print(f"{kind:<17} not measured on this host: {str(e)[:160]}")
+            continue
+        kept = dict(recipe.activation_per_token)
+        for name, a in measured.items():
+            print(f"{kind:<17} {name:<22} measured {a:6.2f}   recipe {kept.get(name, float('nan')):6.1f}")
 
 
 def main():
@@ -188,11 +241,7 @@ def main():
     start_in_process()
     torch.set_num_threads(1)
     if args.calibrate:
-        recipes = pack_module("training.recipes")
-        for kind, recipe in (("flux", recipes.FLUX), ("qwen", recipes.QWEN), ("sd3", recipes.SD3)):
-            measured = measure_per_token(kind)
-            for name, a in measured.items():
-                print(f"{recipe.arch:<11} {name:<20} measured {a:6.2f}   recipe {dict(recipe.activation_per_token)[name]:6.1f}")
+        calibrate()
         return
     lines, problems = table()
     print("\n".join(lines))

@@ -9,8 +9,9 @@ from ..sampling.lora_patches import lora_patches
 from ..schedules.switch import EXPERTS, validate_switch_sigma
 from ..training.job import DistillInputs, distill_job
 from .common.folders import loras_dir
-from .common.inputs import (AUTO, cfg_input, check_prompts, gradient_checkpointing_input, rank_input, scheduler_input,
-                            seed_input, single_empty_latent, size_latent_input, switch_sigma_input, validate_inputs)
+from .common.inputs import (AUTO, cfg_input, check_latent_fits, check_prompts, gradient_checkpointing_input,
+                            low_noise_inputs, rank_input, scheduler_input, seed_input, single_empty_latent,
+                            size_latent_input, switch_sigma_input, validate_inputs)
 from .common.previews import plot_loss, with_preview
 from .common.progress import NodeProgress
 
@@ -27,7 +28,8 @@ class GlanceDistillExperts(io.ComfyNode):
                 "own fine-step sampling lands: the model (with no LoRA) samples a few images on a fine schedule, "
                 "and for each big step [s_i, s_k] of the schedule the expert learns the velocity that goes from the "
                 "fine run's x_i straight to its x_k. Needs prompts only, no image. Both experts train in one model "
-                "load and are saved into models/loras."
+                "load and are saved into models/loras. With model_low_noise (e.g. Wan 2.2 A14B's two experts) the "
+                "teacher is the pair, the slow expert a LoRA of 'model' and the fast one of model_low_noise."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The base model (never modified); it is also the teacher."),
@@ -58,6 +60,7 @@ class GlanceDistillExperts(io.ComfyNode):
                 scheduler_input("Scheduler of the teacher's fine schedule (use the one the schedule was fitted on).",
                                 optional=True),
                 gradient_checkpointing_input(optional=True),
+                *low_noise_inputs(),
             ],
             outputs=[
                 io.Model.Output("model_slow", display_name="model_slow", tooltip="Base + slow expert: connect to model_slow."),
@@ -77,21 +80,36 @@ class GlanceDistillExperts(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, cfg, latent_image, sigmas, switch_sigma, rank, learning_rate, steps,
                 rollouts, seed, save_name_slow, save_name_fast, cfg_fast=AUTO, fine_steps=50, scheduler="simple",
-                gradient_checkpointing=True) -> io.NodeOutput:
+                gradient_checkpointing=True, model_low_noise=None, handover_sigma=0.875) -> io.NodeOutput:
         validate_switch_sigma(switch_sigma)
         if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1:
             raise ValueError("sigmas: expected a SIGMAS schedule (e.g. from Glance Fit Schedule).")
         prompts = check_prompts(model, positive, negative)
         latent = single_empty_latent(model, latent_image)
+        if model_low_noise is not None:
+            validate_switch_sigma(handover_sigma, "handover_sigma")
+            check_prompts(model_low_noise, positive, negative)
+            check_latent_fits(model_low_noise, latent, "model_low_noise")
         inputs = DistillInputs(
             sigmas=tuple(float(s) for s in sigmas.detach().float().cpu()), switch_sigma=switch_sigma, cfg=cfg,
             cfg_fast=cfg_fast, rank=rank, learning_rate=learning_rate, steps=steps, rollouts=rollouts, seed=seed,
             save_name_slow=save_name_slow, save_name_fast=save_name_fast, fine_steps=fine_steps, scheduler=scheduler,
-            gradient_checkpointing=gradient_checkpointing)
-        outcome = distill_job(model, prompts, negative, latent, inputs, loras_dir(), NodeProgress(cls))
-        names = outcome.file_names
-        experts = {e: (lora_patches(model, outcome.loras[e], f"distilled {e} expert '{names[e]}'"), 1.0) for e in EXPERTS}
-        clones, _ = forward_expert_clones(model, experts)
-        arch, losses = outcome.recipe.arch, outcome.result.losses
+            gradient_checkpointing=gradient_checkpointing,
+            handover_sigma=None if model_low_noise is None else float(handover_sigma))
+        outcome = distill_job(model, prompts, negative, latent, inputs, loras_dir(), NodeProgress(cls), model_low_noise)
+        clones = _expert_clones({"slow": model, "fast": model if model_low_noise is None else model_low_noise},
+                                outcome.loras, outcome.file_names)
+        names, arch, losses = outcome.file_names, outcome.recipe.arch, outcome.result.losses
         plot = torch.cat([plot_loss(losses[e], f"{arch} {e} expert: distillation loss") for e in EXPERTS], dim=1)
         return with_preview(cls, clones["slow"], clones["fast"], names["slow"], names["fast"], plot, image=plot)
+
+
+def _expert_clones(models: dict, loras: dict, names: dict) -> dict:
+    """Each expert's model: its base (one shared by both, or the pair's own) with the expert applied in the forward
+    pass (sampling/forward_experts.py)."""
+    def patches(e):
+        return lora_patches(models[e], loras[e], f"distilled {e} expert '{names[e]}'"), 1.0
+
+    if models["slow"] is models["fast"]:
+        return forward_expert_clones(models["slow"], {e: patches(e) for e in EXPERTS})[0]
+    return {e: forward_expert_clones(models[e], {e: patches(e)})[0][e] for e in EXPERTS}

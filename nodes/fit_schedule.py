@@ -7,10 +7,10 @@ from comfy_api.latest import io
 from ..sampling.sampler_schedule import fit_and_save
 from ..sampling.schedule_fit import FitSettings
 from ..schedules.sampler_steps import SUPPORTED_SAMPLERS, check_sampler
-from ..schedules.switch import SWITCH_SIGMA_MAX, validate_switch_sigma
+from ..schedules.switch import validate_switch_sigma
 from .common.folders import schedules_dir
-from .common.inputs import (AUTO_SWITCH, cfg_input, check_latent_fits, check_prompts, scheduler_input, seed_input, single_empty_latent,
-                            size_latent_input, switch_sigma_input, validate_inputs)
+from .common.inputs import (AUTO_SWITCH, cfg_input, check_latent_fits, check_prompts, low_noise_inputs, scheduler_input,
+                            seed_input, single_empty_latent, size_latent_input, switch_sigma_input, validate_inputs)
 from .common.previews import plot_sigmas, with_preview
 from .common.progress import NodeProgress
 
@@ -55,14 +55,7 @@ class GlanceFitSchedule(io.ComfyNode):
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", optional=True,
                                tooltip="The sampler you will sample with: the fit minimises that sampler's own error, "
                                        "multistep history included. It can model " + ", ".join(SUPPORTED_SAMPLERS) + "."),
-                io.Model.Input("model_low_noise", optional=True,
-                               tooltip="Optional second model, e.g. Wan 2.2 A14B's low-noise expert (then 'model' is the "
-                                       "high-noise one): the teacher is the pair, handing over at handover_sigma, and the "
-                                       "schedule switches there, as Glance Phase KSampler will sample with the two."),
-                io.Float.Input("handover_sigma", default=0.875, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
-                               optional=True,
-                               tooltip="With model_low_noise: the sigma where the pair hands over (Wan 2.2 A14B: 0.875 "
-                                       "text-to-video, 0.9 image-to-video). Unused without a second model."),
+                *low_noise_inputs(),
             ],
             outputs=[
                 io.Sigmas.Output(display_name="SIGMAS", tooltip="The fitted schedule: connect to Glance Phase KSampler's sigmas."),

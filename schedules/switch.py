@@ -48,3 +48,19 @@ def switch_between(sigmas, steps_slow: int) -> float:
     """The switch sigma of a schedule whose first ``steps_slow`` steps are slow: midway between the last slow and the
     first fast step's sigma (every slow step starts above it, every fast one at or below)."""
     return (float(sigmas[steps_slow - 1]) + float(sigmas[steps_slow])) / 2
+
+
+def pair_switch_problem(sigmas, switch_sigma: float, handover_sigma: float) -> str | None:
+    """Why ``switch_sigma`` does not split ``sigmas`` where a pair of models (e.g. Wan 2.2 A14B's high- and low-noise
+    experts) hands over at ``handover_sigma``, or None. The slow steps are the first model's and the fast ones the
+    second's, so the switch must split the steps as ``handover_sigma`` itself does, or as Glance Fit Schedule holds
+    the handover (the point of ``sigmas`` nearest ``handover_sigma`` is the first fast step)."""
+    split = first_fast_step(sigmas, switch_sigma)
+    inner = range(1, len(sigmas) - 1)
+    nearest = min(inner, key=lambda k: abs(float(sigmas[k]) - handover_sigma)) if len(inner) else None
+    if split in (first_fast_step(sigmas, handover_sigma), nearest):
+        return None
+    return (f"switch_sigma={switch_sigma:g} differs from handover_sigma={handover_sigma:g}: with model_low_noise the "
+            "slow expert is trained on the first model and the fast expert on the second, so the schedule must switch "
+            "where the pair hands over. Connect the SIGMAS and switch_sigma of Glance Fit Schedule run with the same "
+            "model_low_noise and handover_sigma, or set switch_sigma to handover_sigma.")

@@ -154,7 +154,8 @@ def test_interrupt_during_training_leaves_the_model_clean(kit, base_dir):
     import comfy.patcher_extension as pe
 
     calls = []
-    teacher_calls = 2 * FINE  # 2 rollouts x FINE steps, one call each (cond and uncond batched)
+    teacher_calls = 1 + 2 * FINE  # the trainability check's one call, then 2 rollouts x FINE steps, one call each
+    # (cond and uncond batched)
 
     def cancel_in_training(executor, *args, **kwargs):
         calls.append(1)
@@ -180,6 +181,30 @@ def test_interrupt_during_training_leaves_the_model_clean(kit, base_dir):
     assert {n: p.requires_grad for n, p in dm.named_parameters()} == grad
     assert all(torch.equal(dm.state_dict()[k], weights[k]) for k in weights)
     assert not list((base_dir / "models" / "loras" / "test").glob("cut_*"))
+
+
+def test_a_model_that_cannot_be_trained_through_is_refused_before_the_teacher(kit, base_dir):
+    """A model that runs an operation with no backward (as v0.33 runs Cosmos Predict2's attention through a fused
+    kernel): the error comes from one model pass, before the teacher's rollouts; nothing saved."""
+    import comfy.patcher_extension as pe
+
+    @torch.library.custom_op("glance_test::no_backward", mutates_args=())
+    def no_backward(x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    calls = []
+
+    def opaque(executor, *args, **kwargs):
+        calls.append(1)
+        out = executor(*args, **kwargs)
+        return no_backward(out) if out.requires_grad else out
+
+    model = kit["model"].clone()
+    model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "glance-test-no-backward", opaque)
+    with pytest.raises(RuntimeError, match=r"^model: .*cannot be trained through .*no autograd formula.*Nothing was saved"):
+        distill(kit, model=model, save_name_slow="test/opaque_slow", save_name_fast="test/opaque_fast")
+    assert len(calls) == 1, f"the model ran {len(calls)} times before the error (the teacher's rollouts ran)"
+    assert not list((base_dir / "models" / "loras" / "test").glob("opaque_*"))
 
 
 @pytest.mark.parametrize("kind", ["flux", "qwen"])

@@ -246,6 +246,8 @@ def test_distill_experts(comfy, cases, name, base_dir):
         with pytest.raises(RuntimeError, match=r"cannot be trained through .*Nothing was saved"):
             run(comfy, "GlanceDistillExperts", **args)
         assert not list((base_dir / "models" / "loras" / "families").glob(f"{name} *"))
+        # Before the teacher's rollouts: the model ran once, the check's own pass (1 image at cfg 1)
+        assert rec.shapes == [case.layout(1)], f"the model ran {len(rec.shapes)} times before the error"
         return
     slow, fast, slow_name, fast_name = run(comfy, "GlanceDistillExperts", **args)[:4]
     check_model_inputs(case, rec)
@@ -375,3 +377,77 @@ def test_edit_pair_training_sees_the_reference(comfy, cases, base_dir):
     a, b = (safetensors.torch.load_file(str(base_dir / "models" / "loras" / f)) for f in files)
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a if "lora_up" in k) > 1e-6
+
+
+def pair_args(case: Case, high, low, sigmas, switch: float, handover: float, name: str) -> dict:
+    return dict(model=high, positive=case.positive, negative=case.negative, cfg=2.0, latent_image=case.latent,
+                sigmas=sigmas, switch_sigma=switch, rank=4, learning_rate=2e-2, steps=2, rollouts=1, seed=0,
+                save_name_slow=f"families/{name} slow", save_name_fast=f"families/{name} fast", fine_steps=6,
+                model_low_noise=low, handover_sigma=handover)
+
+
+def test_wan22_distill_experts_on_the_pair(comfy, cases, base_dir):
+    """Glance Distill Experts with Wan 2.2's low-noise expert as model_low_noise: the teacher's fine steps above the
+    handover run on the high-noise model, the rest on the low-noise one; the slow expert is a LoRA of the high-noise
+    model (trained above the switch), the fast one of the low-noise model; each changes its own model's output, and
+    both files load in the stock loader on their own model."""
+    from comfy.samplers import calculate_sigmas
+
+    case = cases("Wan 2.2 A14B")
+    low = F.build("Wan 2.2 A14B", seed=1)
+    fine = [float(s) for s in calculate_sigmas(case.model.get_model_object("model_sampling"), "simple", 6)]
+    sigmas = torch.tensor([fine[0], fine[2], 0.0])
+    handover = (fine[1] + fine[2]) / 2  # 2 fine steps on the high-noise model, 4 on the low-noise one
+    high_rec, low_rec = SigmaRecorder(), SigmaRecorder()
+    slow, fast, slow_name, fast_name = run(comfy, "GlanceDistillExperts", **pair_args(
+        case, high_rec.attach(case.model), low_rec.attach(low), sigmas, handover, handover, "wan22 pair"))[:4]
+    assert high_rec.sigmas and low_rec.sigmas
+    assert min(high_rec.sigmas) > handover >= max(low_rec.sigmas)
+    seen = high_rec.sigmas + low_rec.sigmas
+    assert all(any(abs(f - s) < 1e-6 for s in seen) for f in fine[:-1])  # the teacher ran every fine point
+    for model, base, file_name, expert in ((slow, case.model, slow_name, "slow"), (fast, low, fast_name, "fast")):
+        reference = sample(comfy, case, base)
+        assert changed(sample(comfy, case, model), reference) > 1e-6, expert
+        stock = run(comfy, "LoraLoaderModelOnly", model=base, lora_name=file_name, strength_model=1.0)[0]
+        assert changed(sample(comfy, case, stock), reference) > 1e-6, expert
+        with safetensors.safe_open(str(base_dir / "models" / "loras" / file_name), "pt") as f:
+            meta = f.metadata()
+        assert meta["glance.phase"] == expert and meta["glance.model_class"] == "WAN21"
+        assert meta["glance.trained_on"].startswith("model (the high" if expert == "slow" else "model_low_noise (the low")
+        assert float(meta["glance.handover_sigma"]) == pytest.approx(handover)
+
+
+def test_wan22_distill_pair_bad_inputs_stop_before_the_teacher(comfy, cases, base_dir):
+    """A switch that does not split the schedule where the pair hands over, and a second model of another family,
+    are refused before any model pass."""
+    from comfy.samplers import calculate_sigmas
+
+    case = cases("Wan 2.2 A14B")
+    low = F.build("Wan 2.2 A14B", seed=1)
+    fine = [float(s) for s in calculate_sigmas(case.model.get_model_object("model_sampling"), "simple", 6)]
+    sigmas = torch.tensor([fine[0], fine[2], fine[4], 0.0])
+    rec = Recorder()
+    with pytest.raises(ValueError, match=r"^switch_sigma=\S+ differs from handover_sigma=\S+: "):
+        run(comfy, "GlanceDistillExperts", **pair_args(case, rec.attach(case.model), rec.attach(low), sigmas,
+                                                         (fine[0] + fine[2]) / 2, fine[4], "wan22 bad switch"))
+    try:
+        other = F.build("Cosmos Predict2")  # 16 channels, 3-D latents, as Wan's
+    except F.Unsupported as e:
+        pytest.skip(str(e))
+    with pytest.raises(ValueError, match=r"^model_low_noise: a CosmosPredict2 .* but model is a WAN21 .*one family"):
+        run(comfy, "GlanceDistillExperts", **pair_args(case, rec.attach(case.model), rec.attach(other), sigmas,
+                                                         (fine[0] + fine[2]) / 2, (fine[0] + fine[2]) / 2, "wan22 other"))
+    assert rec.shapes == []
+    assert not list((base_dir / "models" / "loras" / "families").glob("wan22 bad*"))
+
+
+def test_pair_switch_rule(pack):
+    """The switch of a pair's schedule: where handover_sigma itself splits the steps, or with the point nearest it as
+    the first fast step (where Glance Fit Schedule with the pair puts its switch_sigma); anything else is refused."""
+    switch = pack("schedules.switch")
+    sigmas = [1.0, 0.95, 0.88, 0.6, 0.0]
+    for ok in (0.875, 0.7, (0.95 + 0.88) / 2):
+        assert switch.pair_switch_problem(sigmas, ok, 0.875) is None, ok
+    for bad in (0.5, 0.97):
+        assert switch.pair_switch_problem(sigmas, bad, 0.875).startswith(f"switch_sigma={bad:g} differs from "
+                                                                         "handover_sigma=0.875: ")

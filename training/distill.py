@@ -10,7 +10,12 @@ predicting through the host's guider with its phase's cfg, as the phase runs at 
 pass there and here). Loss: MSE between the expert's velocity ``(x - denoised) / s`` and the target. The experts
 train one after the other inside one run session (training/session.py: one model load, the trainer's memory plan,
 precision and optimiser); afterwards the diffusion model has no hook, no trainable flag and the same tensors as
-before, and its weights were never written.
+before, and its weights were never written. Before the rollouts, one model pass with its backward checks that the
+host can train the model at all (session.check_trainable).
+
+With a pair of models (e.g. Wan 2.2 A14B's high- and low-noise experts) the teacher is the pair, handing over at the
+switch (the first model for the fine steps that start above it), and each expert trains in a session of its own
+model: the slow expert on the first, the fast one on the second, one model load each.
 """
 from __future__ import annotations
 
@@ -22,9 +27,9 @@ import comfy.samplers
 import torch
 
 from ..sampling import teacher
-from ..schedules.switch import EXPERTS, phase_steps
+from ..schedules.switch import EXPERTS, pair_switch_problem, phase_steps
 from . import memory
-from .session import Session, clone_tensors, open_session, run_in_sampling, train_adapter
+from .session import Session, check_trainable, clone_tensors, open_session, run_in_sampling, train_adapter
 from .settings import DistillSettings
 
 OBJECTIVE = ("distillation: MSE between the expert's guided velocity at the teacher's state x_i and the teacher's "
@@ -63,6 +68,8 @@ def check_settings(s: DistillSettings) -> None:
                 f"switch_sigma={s.switch_sigma:g} leaves no {expert} step in the schedule "
                 f"({', '.join(f'{float(v):.4f}' for v in sigmas)}); connect the switch_sigma that belongs to these "
                 "sigmas (e.g. both from Glance Fit Schedule).")
+    if s.handover_sigma is not None and (problem := pair_switch_problem(sigmas, s.switch_sigma, s.handover_sigma)):
+        raise ValueError(problem)
     for name, value in (("cfg", s.cfg), ("cfg_fast", s.cfg_fast)):
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name}={value!r}: use a CFG scale >= 0 (1.0 turns CFG off for that phase).")
@@ -137,26 +144,53 @@ class SegmentStep:
         return torch.nn.functional.mse_loss(velocity, target)
 
 
-def _teacher_states(session: Session, prompts, negative, latent, grid, index, progress: _Progress) -> tuple[TeacherStates, int]:
-    """The teacher's rollouts (no adapter anywhere yet), kept at the coarse points; and its model passes."""
-    s, kept = session.settings, TeacherStates()
+def _teacher_states(sessions: dict[str, Session], prompts, negative, latent, grid, index,
+                    progress: _Progress) -> tuple[TeacherStates, int]:
+    """The teacher's rollouts (no adapter anywhere yet), kept at the coarse points; and its model passes. With a pair
+    of models the teacher is the pair: the slow expert's model for the steps starting above the switch, the fast
+    expert's for the rest."""
+    s, kept = sessions["slow"].settings, TeacherStates()
+    low = sessions["fast"].work if sessions["fast"] is not sessions["slow"] else None
 
     def keep(r: teacher.Rollout) -> None:
         kept.states.append(r.x[index].clone())
         kept.prompt_of.append(r.prompt)
 
     with torch.no_grad():
-        passes = teacher.rollouts(session.work, prompts, negative, s.cfg, latent, grid, s.rollouts, s.seed, keep, progress.at)
+        passes = teacher.rollouts(sessions["slow"].work, prompts, negative, s.cfg, latent, grid, s.rollouts, s.seed,
+                                  keep, progress.at, low_noise=low, handover=s.switch_sigma if low is not None else None)
     progress.done = s.rollouts * (len(grid) - 1)
     return kept, passes
 
 
+def _open_sessions(models: dict, settings: DistillSettings, arch: str, shape: tuple, text_tokens: int,
+                   prompts: list, negative, latent: torch.Tensor) -> dict[str, Session]:
+    """Each expert's session (one shared where both train on one model), planned and checked to fit, and each model
+    checked to be trainable (one model pass each): all before the teacher's rollouts."""
+    sessions: dict[str, Session] = {}
+    for expert in EXPERTS:
+        same = next((sessions[e] for e in sessions if models[e] is models[expert]), None)
+        sessions[expert] = same or open_session(models[expert], settings, arch, shape, text_tokens,
+                                                "distill" if models["slow"] is models["fast"] else f"distill ({expert})")
+    segments = phase_steps(torch.tensor(settings.sigmas), settings.switch_sigma)
+    for expert in EXPERTS:  # each model at the first sigma it trains at
+        if expert == "slow" or sessions["fast"] is not sessions["slow"]:
+            probe = _PromptGuider(sessions[expert].work)
+            probe.set_prompts([clone_tensors(prompts[0])], clone_tensors(negative))
+            probe.set_cfg(1.0)
+            check_trainable(sessions[expert], probe, torch.zeros_like(latent), settings.sigmas[segments[expert][0]])
+    return sessions
+
+
 def distill_experts(patcher, prompts: list, negative, latent: torch.Tensor, settings: DistillSettings, arch: str,
-                    on_progress: Callable[[int, int], None] | None = None) -> DistillResult:
+                    on_progress: Callable[[int, int], None] | None = None, low_noise=None) -> DistillResult:
     """Teacher rollouts, then the slow and the fast expert; nothing is saved here.
 
     ``prompts``: conditionings, one per prompt (rollout r uses prompt r mod len); ``latent``: one empty latent in
-    the model's layout; ``on_progress(done, total)`` after each teacher step and each optimiser step."""
+    the model's layout; ``on_progress(done, total)`` after each teacher step and each optimiser step. With
+    ``low_noise`` (a second model of the same family, e.g. Wan 2.2 A14B's low-noise expert; ``patcher`` is then the
+    high-noise one) the teacher is the pair, handing over at the switch, the slow expert trains on ``patcher`` and the
+    fast one on ``low_noise``, one model loaded at a time where the device cannot hold both."""
     check_settings(settings)
     coarse = torch.tensor(settings.sigmas, dtype=torch.float32)
     grid, index = teacher_schedule(coarse, torch.tensor(settings.teacher_sigmas, dtype=torch.float32))
@@ -165,23 +199,29 @@ def distill_experts(patcher, prompts: list, negative, latent: torch.Tensor, sett
     # a phase uses CFG.
     batch = 2 if any(c != 1.0 for c in (settings.cfg, settings.cfg_fast)) else 1
     text_tokens = max(int(c.shape[1]) for cond in [*prompts, negative] for c, _ in cond)
-    session = open_session(patcher, settings, arch, (batch, *latent.shape[1:]), text_tokens, "distill")
-    result = DistillResult(optimizer=session.optimizer, precision=session.precision.describe(), memory=session.memory)
-    kept, result.teacher_passes = _teacher_states(session, prompts, negative, latent, grid, index, progress)
+    models = {"slow": patcher, "fast": patcher if low_noise is None else low_noise}
+    sessions = _open_sessions(models, settings, arch, (batch, *latent.shape[1:]), text_tokens, prompts, negative, latent)
+    first = sessions["slow"]
+    result = DistillResult(optimizer=first.optimizer, precision=first.precision.describe(),
+                           memory=max((s.memory for s in sessions.values()), key=lambda m: m.total))
+    kept, result.teacher_passes = _teacher_states(sessions, prompts, negative, latent, grid, index, progress)
     segments = phase_steps(coarse, settings.switch_sigma)
     cfgs = {"slow": settings.cfg, "fast": settings.cfg_fast}
+    gen = torch.Generator().manual_seed(settings.seed)
+    for session in {id(s): s for s in sessions.values()}.values():
+        experts = [e for e in EXPERTS if sessions[e] is session]
 
-    def body(guider, x0, model_options):
-        gen = torch.Generator().manual_seed(settings.seed)
-        for n, expert in enumerate(EXPERTS):
-            guider.set_cfg(cfgs[expert])
-            stepper = SegmentStep(session, guider, kept, segments[expert], coarse, gen, model_options)
-            result.adapters[expert], result.losses[expert] = train_adapter(
-                session, settings.seed + n, stepper, f"Distillation ({expert} expert)", progress.step)
+        def body(guider, x0, model_options, session=session, experts=experts):
+            for expert in experts:
+                guider.set_cfg(cfgs[expert])
+                stepper = SegmentStep(session, guider, kept, segments[expert], coarse, gen, model_options)
+                result.adapters[expert], result.losses[expert] = train_adapter(
+                    session, settings.seed + EXPERTS.index(expert), stepper, f"Distillation ({expert} expert)",
+                    progress.step)
 
-    guider = _PromptGuider(session.work)
-    guider.set_prompts([clone_tensors(p) for p in prompts], clone_tensors(negative))
-    run_in_sampling(session, guider, torch.zeros_like(latent), coarse, body)
+        guider = _PromptGuider(session.work)
+        guider.set_prompts([clone_tensors(p) for p in prompts], clone_tensors(negative))
+        run_in_sampling(session, guider, torch.zeros_like(latent), coarse, body)
     return result
 
 
@@ -189,7 +229,10 @@ def expert_metadata(settings: DistillSettings, expert: str) -> dict:
     """The metadata of one expert's file (what it was trained on and how)."""
     coarse = torch.tensor(settings.sigmas, dtype=torch.float32)
     starts = [float(coarse[j]) for j in phase_steps(coarse, settings.switch_sigma)[expert]]
-    return dict(
+    pair = {} if settings.handover_sigma is None else dict(
+        trained_on="model (the high-noise expert)" if expert == "slow" else "model_low_noise (the low-noise expert)",
+        handover_sigma=settings.handover_sigma)
+    return dict(**pair,
         phase=expert, objective=OBJECTIVE, sigmas=starts, timesteps=[round(s * 1000.0, 4) for s in starts],
         schedule=[float(s) for s in settings.sigmas], switch_sigma=settings.switch_sigma,
         cfg=settings.cfg if expert == "slow" else settings.cfg_fast, teacher_cfg=settings.cfg,

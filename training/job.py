@@ -140,6 +140,7 @@ class DistillInputs:
     fine_steps: int = 50
     scheduler: str = "simple"
     gradient_checkpointing: bool = True
+    handover_sigma: float | None = None  # with model_low_noise: where the pair hands over (None: one model)
 
 
 @dataclass
@@ -162,16 +163,33 @@ def distill_settings(model, recipe: Recipe, inputs: DistillInputs) -> DistillSet
         rollouts=int(inputs.rollouts), steps=int(inputs.steps), rank=rank,
         alpha=float(rank) * recipe.alpha / recipe.rank,  # the recipe's scale alpha/rank
         learning_rate=float(inputs.learning_rate), seed=int(inputs.seed),
-        gradient_checkpointing=inputs.gradient_checkpointing)
+        gradient_checkpointing=inputs.gradient_checkpointing,
+        handover_sigma=None if inputs.handover_sigma is None else validate_switch_sigma(inputs.handover_sigma,
+                                                                                         "handover_sigma"))
     check_settings(settings)
     return settings
 
 
+def check_pair(model, low_noise, recipe: Recipe) -> None:
+    """``low_noise`` must be the other expert of ``model``'s family (same model class and recipe)."""
+    low_recipe = detect_recipe(low_noise)
+    if low_recipe.arch != recipe.arch or type(low_noise.model) is not type(model.model):
+        raise ValueError(
+            f"model_low_noise: a {type(low_noise.model).__name__} ({low_recipe.arch}) model, but model is a "
+            f"{type(model.model).__name__} ({recipe.arch}); the two must be the high- and the low-noise expert of one "
+            "family (e.g. Wan 2.2 A14B's two models). Connect the low-noise expert of model's family, or nothing.")
+
+
 def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: DistillInputs, loras_dir: Path,
-                on_progress: Callable[[int, int], None] | None = None) -> DistillOutcome:
+                on_progress: Callable[[int, int], None] | None = None, low_noise=None) -> DistillOutcome:
     """Distil and save the slow and the fast expert of ``model`` (``prompts``: one conditioning per prompt;
-    ``latent``: one empty latent in the model's layout)."""
+    ``latent``: one empty latent in the model's layout). With ``low_noise`` (and ``inputs.handover_sigma``) the
+    teacher is the pair and the fast expert trains on ``low_noise`` (training/distill.py)."""
     recipe = detect_recipe(model)
+    if (low_noise is None) != (inputs.handover_sigma is None):
+        raise ValueError("handover_sigma: give it together with model_low_noise (and only then).")
+    if low_noise is not None:
+        check_pair(model, low_noise, recipe)
     settings = distill_settings(model, recipe, inputs)
     # Both names checked before any work; a half pair left by a cut run of these two names may be replaced.
     (slow, fast), left_over = resolve_pair({"save_name_slow": inputs.save_name_slow,
@@ -187,14 +205,15 @@ def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: Di
         log.info("Glance distill: one prompt; the experts specialise in it and may land slightly further from the "
                  "model's fine run than the schedule alone on other prompts. For prompts in general, join several "
                  "with Conditioning (Combine) and give about 100 steps per prompt.")
-    result = distill_experts(model, prompts, negative, latent, settings, recipe.arch, on_progress)
+    result = distill_experts(model, prompts, negative, latent, settings, recipe.arch, on_progress, low_noise)
     log.info("Glance distill: teacher %d model passes; loss slow %.5g -> %.5g, fast %.5g -> %.5g",
              result.teacher_passes, *_first_last(result.losses["slow"]), *_first_last(result.losses["fast"]))
     loras, files = {}, []
+    models = {"slow": model, "fast": model if low_noise is None else low_noise}
     for expert in EXPERTS:
         loras[expert] = comfy_lora_state_dict(result.adapters[expert], settings.alpha)
         metadata = build_metadata(
-            base_model=recipe.arch, model_class=type(model.model).__name__, resolution=latent_resolution(latent, latent_downscale(model)),
+            base_model=recipe.arch, model_class=type(models[expert].model).__name__, resolution=latent_resolution(latent, latent_downscale(model)),
             optimizer=result.optimizer, precision=result.precision, final_loss=result.losses[expert][-1],
             prompts=len(prompts), pair=[slow[0], fast[0]], **expert_metadata(settings, expert))
         files.append((f"save_name_{expert}", loras[expert], paths[expert][1], metadata))

@@ -13,8 +13,9 @@
 
 ``c_block`` (saved elements per token per unit of width, LoRA terms included) is measured for each architecture on
 the small test models (``benchmarks/train_memory.py --calibrate``, the same forward the trainer runs) and kept in
-the recipe; tests re-measure it on each host. Tokens are the latent's patches (2x2) plus the caption's tokens; width is
-the model's hidden size.
+the recipe; tests re-measure it on each host. Tokens are the latent's patches under the model's own patch size (FLUX,
+Qwen-Image, SD3, Lumina 2: 2x2; Wan, HunyuanVideo, Cosmos: 1x2x2 over [T, h, w]; Flux.2, HunyuanImage 2.1: 1x1; LTXV:
+1x1x1; ``patch_size``) plus the caption's tokens; width is the model's hidden size.
 """
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 GIB = 1024 ** 3
-PATCH = 2  # FLUX, Qwen-Image and SD3 all take 2x2 latent patches
+DEFAULT_PATCH = (2, 2)  # for a model that declares no patch size (FLUX, Qwen-Image and SD3 take 2x2 patches)
 OUTSIDE_BLOCKS = 2.0  # tokens * width elements kept by the layers outside the blocks
-GENERIC_PER_TOKEN = 40.0  # c_block for architectures without a measured value (above every measured one)
+GENERIC_PER_TOKEN = 60.0  # c_block for a block list without a measured value (above every measured one: HiDream 50)
 OPTIMIZER_BYTES = {"AdamW": 8.0, "AdamW8bit": 2.0 + 8.0 / 256}  # per parameter: two moments (+ 8-bit block absmax)
 
 
@@ -75,9 +76,29 @@ def lora_parameter_count(shapes: list[tuple[int, int]], rank: int) -> int:
     return sum(rank * (fan_in + fan_out) for fan_in, fan_out in shapes)
 
 
-def image_tokens(latent_shape) -> int:
-    """Patches of a [B, C, (T,) h, w] latent."""
-    return int(latent_shape[0] * math.prod(latent_shape[2:]) // (PATCH * PATCH))
+def patch_size(dm) -> tuple[int, ...]:
+    """The diffusion model's latent patch, over the latent's last dimensions ([h, w] or [T, h, w]), as the host's
+    model declares it: ``patch_size`` (an int p: p x p; a sequence: one per dimension, e.g. Wan's (1, 2, 2)), Cosmos'
+    ``patch_temporal`` and ``patch_spatial``, or LTXV's patchifier's; ``DEFAULT_PATCH`` where it declares none."""
+    size = getattr(dm, "patch_size", None)
+    if size is None and getattr(dm, "patch_spatial", None) is not None:
+        size = (getattr(dm, "patch_temporal", 1), dm.patch_spatial, dm.patch_spatial)
+    if size is None:
+        size = getattr(getattr(dm, "patchifier", None), "patch_size", None)
+    if isinstance(size, int):
+        return (size, size)
+    if isinstance(size, (tuple, list)) and size and all(isinstance(p, int) and p > 0 for p in size):
+        return tuple(size)
+    return DEFAULT_PATCH
+
+
+def image_tokens(latent_shape, patch: tuple[int, ...] = DEFAULT_PATCH) -> int:
+    """Patches of a [B, C, (T,) h, w] latent under ``patch`` (over its last dimensions; a partial patch pads to a
+    whole one, as the models pad)."""
+    dims = list(latent_shape[2:])
+    patch = tuple(patch)[-len(dims):]
+    covered = [math.ceil(d / p) for d, p in zip(dims[len(dims) - len(patch):], patch)]
+    return int(latent_shape[0] * math.prod(dims[:len(dims) - len(patch)]) * math.prod(covered))
 
 
 def activation_elements(blocks: list[BlockList], tokens: int, width: int, checkpointing: bool) -> float:

@@ -11,7 +11,7 @@ class NotTrainableError(RuntimeError):
     pass
 
 
-def _backward(loss: torch.Tensor) -> None:
+def checked_backward(loss: torch.Tensor) -> None:
     """``loss.backward()``; a clear error when the host's model runs an operation autograd cannot differentiate
     (v0.33's Cosmos Predict2 attention runs comfy_kitchen's fused rms_rope_split_half kernel, which has none)."""
     try:
@@ -28,7 +28,7 @@ def _backward(loss: torch.Tensor) -> None:
 def optimizer_step(loss: torch.Tensor, params, optimizer, scaler=None) -> None:
     """Backward, clip to GRAD_CLIP, step, clear. With an fp16 loss ``scaler``: the loss is scaled, the gradients
     unscaled before clipping, and a step with inf/NaN gradients is skipped."""
-    _backward(loss if scaler is None else scaler.scale(loss))
+    checked_backward(loss if scaler is None else scaler.scale(loss))
     if scaler is None:
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimizer.step()

@@ -67,43 +67,48 @@ SD3 = Recipe(
 )
 
 
-def _attention(arch: str, targets: tuple[str, ...], blocks: tuple[str, ...], context: str | None = None,
-               pooled: str | None = None, inplace: bool = False) -> Recipe:
+def _attention(arch: str, targets: tuple[str, ...], blocks: tuple[str, ...], per_token: tuple[float, ...],
+               context: str | None = None, pooled: str | None = None, inplace: bool = False) -> Recipe:
     """A family the paper has no recipe for: LoRA on its attention projections (the host's own layer names), the
     FLUX/SD3 defaults (rank 16, alpha 64 = 4 x rank as the Glance authors train, lr 5e-4, 60 steps), phase
-    timesteps from the model's own 50-step schedule."""
+    timesteps from the model's own 50-step schedule; ``per_token``: the activation coefficient of each block list
+    (measured as for the paper's recipes)."""
     return Recipe(arch=arch, rank=16, alpha=64.0, learning_rate=5e-4, steps=60, target_modules=targets,
                   block_lists=blocks, slow_t=None, fast_t=None, context_module=context, pooled_module=pooled,
-                  inplace_blocks=inplace)
+                  inplace_blocks=inplace, activation_per_token=tuple(zip(blocks, per_token)))
 
 
 # FLUX-style double/single-stream blocks (FLUX.1's layout; the image stream's fused qkv and output, and linear1).
 _FLUX_STYLE = ("img_attn.qkv", "img_attn.proj", "linear1")
-FLUX2 = _attention("Flux.2", _FLUX_STYLE, ("double_blocks", "single_blocks"), context="txt_in", inplace=True)
-CHROMA = _attention("Chroma", _FLUX_STYLE, ("double_blocks", "single_blocks"), context="txt_in", inplace=True)
-HUNYUAN_VIDEO = _attention("HunyuanVideo", _FLUX_STYLE, ("double_blocks", "single_blocks"),
+FLUX2 = _attention("Flux.2", _FLUX_STYLE, ("double_blocks", "single_blocks"), (23.0, 21.0), context="txt_in", inplace=True)
+CHROMA = _attention("Chroma", _FLUX_STYLE, ("double_blocks", "single_blocks"), (17.0, 15.0), context="txt_in", inplace=True)
+HUNYUAN_VIDEO = _attention("HunyuanVideo", _FLUX_STYLE, ("double_blocks", "single_blocks"), (17.0, 15.0),
                            context="txt_in.input_embedder", pooled="vector_in.in_layer", inplace=True)
-HUNYUAN_IMAGE = _attention("HunyuanImage 2.1", _FLUX_STYLE, ("double_blocks", "single_blocks"),
+HUNYUAN_IMAGE = _attention("HunyuanImage 2.1", _FLUX_STYLE, ("double_blocks", "single_blocks"), (17.0, 15.0),
                            context="txt_in.input_embedder", inplace=True)
 # AuraFlow: the joint attention's projections (w1*: the caption stream in double layers, the joint stream in single
 # layers; w2*: the image stream).
 AURAFLOW = _attention("AuraFlow", tuple(f"attn.w{i}{p}" for i in (1, 2) for p in "qkvo"), ("double_layers", "single_layers"),
-                      context="cond_seq_linear")
+                      (25.0, 26.0), context="cond_seq_linear")
 # Lumina 2 and Z-Image (NextDiT): fused qkv and output of every attention, refiners included.
+# The context refiner sees the caption's tokens only (its measured coefficient per image token is 0): it is given
+# the noise refiner's, which bounds it.
 LUMINA2 = _attention("Lumina2", ("attention.qkv", "attention.out"), ("noise_refiner", "context_refiner", "layers"),
-                     context="cap_embedder.1")
+                     (29.0, 29.0, 29.0), context="cap_embedder.1")
 Z_IMAGE = replace(LUMINA2, arch="Z-Image")
 # HiDream: the image stream's attention (attn1.to_* ; the caption stream's are to_*_t).
 HIDREAM = _attention("HiDream", ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out"),
-                     ("double_stream_blocks", "single_stream_blocks"), pooled="p_embedder.pooled_embedder.linear_1")
+                     ("double_stream_blocks", "single_stream_blocks"), (56.0, 57.0), pooled="p_embedder.pooled_embedder.linear_1")
 # Wan 2.1 / 2.2: self- and cross-attention projections (diffusers' to_q/k/v/to_out.0 of attn1 and attn2).
 _WAN = tuple(f"{a}.{p}" for a in ("self_attn", "cross_attn") for p in "qkvo")
-WAN = _attention("Wan", _WAN, ("blocks",), context="text_embedding.0")
+WAN = _attention("Wan", _WAN, ("blocks",), (20.0,), context="text_embedding.0")
 # LTXV uses the diffusers names natively (attn1: self, attn2: cross).
-LTXV = _attention("LTXV", ("to_q", "to_k", "to_v", "to_out.0"), ("transformer_blocks",), context="caption_projection.linear_1")
+LTXV = _attention("LTXV", ("to_q", "to_k", "to_v", "to_out.0"), ("transformer_blocks",), (20.0,),
+                  context="caption_projection.linear_1")
 # Cosmos Predict2: self- and cross-attention projections.
 COSMOS_PREDICT2 = _attention("Cosmos Predict2", tuple(f"{a}.{p}" for a in ("self_attn", "cross_attn")
-                                                       for p in ("q_proj", "k_proj", "v_proj", "output_proj")), ("blocks",))
+                                                       for p in ("q_proj", "k_proj", "v_proj", "output_proj")), ("blocks",),
+                             (45.0,))  # measured on ComfyUI 0.3.64 (0.33 cannot train it)
 
 # The host's model classes (comfy.model_base) -> recipe. A class not listed takes the recipe of the nearest listed
 # class it derives from (e.g. FluxInpaint -> FLUX.1, WAN21_Vace -> Wan); names, not imports, so that a host without

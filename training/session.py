@@ -25,7 +25,7 @@ from ..host_compat import non_dynamic, training_mode
 from . import memory, precision
 from .adapters import frozen_base, lora_terms, target_layers
 from .blocks import block_lists, trainable_blocks
-from .optim import make_optimizer, optimizer_name, optimizer_step
+from .optim import checked_backward, make_optimizer, optimizer_name, optimizer_step
 from .settings import LoraSettings
 
 log = logging.getLogger("comfyui-glance")
@@ -52,16 +52,31 @@ def hidden_width(dm: torch.nn.Module, width_module: str | None, targets) -> int:
     return int(targets[0][1].in_features)
 
 
+def caption_tokens_seen(patcher, text_tokens: int, latent_shape) -> int:
+    """The caption tokens the model's blocks see for a caption of ``text_tokens``: the model's own conditioning
+    (its ``extra_conds``, as the host's sampler prepares it; on the meta device, nothing computed) pads some (Flux.2
+    to 512 tokens); the caption's own tokens where it cannot be asked."""
+    meta = torch.device("meta")
+    try:
+        out = patcher.model.extra_conds(cross_attn=torch.zeros((1, int(text_tokens), 1), device=meta),
+                                        noise=torch.zeros(tuple(latent_shape), device=meta), device=meta)
+        return max(int(text_tokens), int(out["c_crossattn"].cond.shape[1]))
+    except Exception:  # a model whose conditioning needs more than the caption and the latent
+        return int(text_tokens)
+
+
 def plan_memory(patcher, targets, settings: LoraSettings, latent_shape, text_tokens: int,
                 prec: precision.Precision, optimizer: str) -> memory.MemoryEstimate:
     """The run's memory (training/memory.py) for this model, latent and caption."""
     dm = patcher.model.diffusion_model
+    text_tokens = caption_tokens_seen(patcher, text_tokens, latent_shape)
     fallback = max(settings.activation_per_token.values(), default=memory.GENERIC_PER_TOKEN)
     blocks = [memory.BlockList(name, len(mods), settings.activation_per_token.get(name, fallback))
               for name, mods in block_lists(dm, settings.block_lists)]
     return memory.estimate(
         weights=patcher.model_size(), layer_shapes=[(m.in_features, m.out_features) for _, m in targets],
-        rank=settings.rank, blocks=blocks, tokens=memory.image_tokens(latent_shape) + int(text_tokens),
+        rank=settings.rank, blocks=blocks,
+        tokens=memory.image_tokens(latent_shape, memory.patch_size(dm)) + int(text_tokens),
         width=hidden_width(dm, settings.width_module, targets), activation_bytes=prec.activation_bytes,
         checkpointing=settings.gradient_checkpointing, optimizer_name=optimizer,
     )
@@ -138,6 +153,24 @@ def run_in_sampling(session: Session, guider: comfy.samplers.CFGGuider, latent: 
     with torch.inference_mode(False), torch.enable_grad(), training_mode():
         latent = latent.detach().clone()
         guider.sample(torch.zeros_like(latent), latent, _SessionSampler(inside), sigmas, seed=settings.seed)
+
+
+def check_trainable(session: Session, guider: comfy.samplers.CFGGuider, latent: torch.Tensor, sigma: float) -> None:
+    """Before any long work (the distiller's teacher rollouts): one prediction of ``guider`` at ``sigma`` with rank-1
+    LoRA terms on every target layer, and its backward pass, with no optimiser step, exactly as a training step
+    runs; optim.NotTrainableError where the host's model runs an operation that autograd cannot differentiate (v0.33's
+    Cosmos Predict2 attention). Costs one model pass (with ``guider``'s cfg: use 1) and loads the model as the run
+    will."""
+    def body(model_wrap, x0, model_options):
+        device = session.device
+        with lora_terms(session.dm, session.targets, 1, 1.0, session.settings.seed, device):
+            x = x0[:1].to(device)
+            with session.precision.autocast_context(device):
+                out = model_wrap(x, torch.full((1,), float(sigma), device=device), model_options=model_options,
+                                 seed=session.settings.seed)
+            checked_backward(out.float().square().mean())
+
+    run_in_sampling(session, guider, latent[:1], torch.tensor([float(sigma), 0.0]), body)
 
 
 def train_adapter(session: Session, seed: int, step_loss: Callable[[int], torch.Tensor], what: str,

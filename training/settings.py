@@ -46,3 +46,4 @@ class DistillSettings(LoraSettings):
     cfg: float  # the teacher's and the slow phase's CFG scale
     cfg_fast: float
     rollouts: int
+    handover_sigma: float | None = None  # with a pair of models: where they hand over (None: one model)

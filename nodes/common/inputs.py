@@ -71,6 +71,20 @@ def rank_input():
                         tooltip="LoRA rank; -1: the architecture's default (Qwen-Image 32, the others 16).")
 
 
+def low_noise_inputs() -> list:
+    """The optional second model of a pair of experts (e.g. Wan 2.2 A14B's) and where the pair hands over."""
+    return [
+        io.Model.Input("model_low_noise", optional=True,
+                       tooltip="Optional second model, e.g. Wan 2.2 A14B's low-noise expert (then 'model' is the "
+                               "high-noise one): the teacher is the pair, handing over at handover_sigma, and the "
+                               "schedule switches there, as Glance Phase KSampler will sample with the two."),
+        io.Float.Input("handover_sigma", default=0.875, min=0.0, max=SWITCH_SIGMA_MAX, step=0.001, round=0.0001,
+                       optional=True,
+                       tooltip="With model_low_noise: the sigma where the pair hands over (Wan 2.2 A14B: 0.875 "
+                               "text-to-video, 0.9 image-to-video). Unused without a second model."),
+    ]
+
+
 def gradient_checkpointing_input(optional: bool = False):
     return io.Boolean.Input("gradient_checkpointing", default=True, optional=optional,
                             tooltip="Recompute each block's activations in the backward pass: much less memory, somewhat "
