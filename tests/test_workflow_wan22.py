@@ -67,6 +67,7 @@ def prompt_for(save_name: str, high: str, low: str) -> dict:
     return gs.apply_overrides(gs.load(NAME)[1], {
         "Load Text Encoder.clip_name": clip["clip_name"], "Load Text Encoder.type": clip["type"],
         "Video size.width": SIDE, "Video size.height": SIDE, "Video size.length": FRAMES,
+        "Fit size.width": SIDE, "Fit size.height": SIDE, "Fit size.length": FRAMES,
         "Glance Fit Schedule (pair).rollouts": 1, "Glance Fit Schedule (pair).fine_steps": 20,
         "Glance Fit Schedule (pair).save_name": save_name,
         "Load high-noise expert.unet_name": high, "Load low-noise expert.unet_name": low})
