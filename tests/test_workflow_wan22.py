@@ -1,16 +1,17 @@
 """The shipped glance_wan22 workflow runs on a live ComfyUI with a small Wan 2.2 A14B pair in the stock loaders.
 
-The two experts are small models built from the host's own Wan detector config (``benchmarks/families.py``) and
-saved under the shipped file names in ``models/diffusion_models``: the stock UNETLoader reads them back from their
-keys (Wan 2.2 A14B's experts have Wan 2.1's architecture: the host builds them as WAN21, config WAN21_T2V; its
-WAN22 class is the 5B model). The VAE is a Wan 2.1 VAE of seeded random weights under the shipped name, as small as
-the host's VAELoader reads (it takes the width from the file on 0.33; 0.3.64 builds every Wan 2.1 VAE at the real
-width). The text encoder is the one stand-in with another loader input: the demo kit's CLIP-L with type sd3, whose
-[1, 77, 4096] context has umT5-XXL's width (Wan's text_dim); umT5-XXL has no small form that the host reads.
+The two experts are small models built from the host's own Wan detector config (``benchmarks/families.py``),
+saved under the shipped file names in ``models/diffusion_models`` of a server of its own (the session's server
+keeps stand-ins under those names that must fail to load: the validation of every workflow as shipped). The stock
+UNETLoader reads them back from their keys: Wan 2.2 A14B's experts have Wan 2.1's architecture, so the host builds
+them as WAN21 (config WAN21_T2V; its WAN22 class is the 5B model). The VAE is a Wan 2.1 VAE of seeded random
+weights under the shipped name, as small as the host's VAELoader reads (0.33 takes the width from the file; 0.3.64
+builds every Wan 2.1 VAE at the real width). The text encoder is the one stand-in under another name: the demo
+kit's CLIP-L with type sd3, whose [1, 77, 4096] context has umT5-XXL's width (Wan's text_dim); umT5-XXL has no
+small form that the host reads.
 """
 import io
 import json
-import uuid
 
 import glance_server as gs
 import pytest
@@ -37,12 +38,14 @@ def smallest_wan21_vae(seed: int = 0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def wan22_files(comfy, live):
-    """The high- and low-noise experts (other seeds: other weights) and the VAE under the shipped file names."""
+def wan22(comfy, tmp_path_factory):
+    """A live server of its own (the session's server keeps stand-ins that cannot load under these names) with the
+    high- and low-noise experts (other seeds: other weights) and the VAE under the shipped file names."""
     import comfy.sd
 
     from cli.model_kit import save_safetensors
 
+    base = tmp_path_factory.mktemp("wan22_server")
     names = {}
     for node in gs.load(NAME)[1].values():
         if node["class_type"] == "UNETLoader":
@@ -51,12 +54,17 @@ def wan22_files(comfy, live):
             vae_name = node["inputs"]["vae_name"]
     high, low = names["Load high-noise expert"], names["Load low-noise expert"]
     for seed, name in enumerate((high, low)):
-        path = live.models / "diffusion_models" / name
+        path = base / "models" / "diffusion_models" / name
         save_safetensors(F.file_state_dict(F.build("Wan 2.2 A14B", seed=seed, widths=F.WAN_A14B_FILE)), path)
         model = comfy.sd.load_diffusion_model(str(path)).model  # what the stock UNETLoader makes of it
         assert (type(model).__name__, type(model.model_config).__name__) == ("WAN21", "WAN21_T2V")
-    save_safetensors(smallest_wan21_vae(), live.models / "vae" / vae_name)
-    return {"high": high, "low": low}
+    save_safetensors(smallest_wan21_vae(), base / "models" / "vae" / vae_name)
+    server = gs.Live(base)  # and the demo kit, for its text encoder
+    try:
+        yield server, high, low
+        assert server.server.alive(), f"the ComfyUI server died; log tail:\n{server.server.log_tail()}"
+    finally:
+        server.stop()
 
 
 def prompt_for(save_name: str, high: str, low: str) -> dict:
@@ -102,9 +110,10 @@ def first_frame_and_count(client, entry: dict, node_id: str):
     return gs.image_pixels(client, entry, node_id), frames.n_frames
 
 
-def test_glance_wan22_runs_both_experts_on_the_stock_loaders(live, wan22_files):
-    save_name = f"glance_test/wan22_{uuid.uuid4().hex[:8]}"
-    prompt = prompt_for(save_name, wan22_files["high"], wan22_files["low"])
+def test_glance_wan22_runs_both_experts_on_the_stock_loaders(wan22):
+    live, high, low = wan22
+    save_name = "glance_test/wan22"
+    prompt = prompt_for(save_name, high, low)
     assert gs.check_against_object_info(prompt, live.object_info()) == []
     entry = live.client.run(prompt, timeout=300)
     assert entry["status"]["status_str"] == "success"
@@ -123,8 +132,8 @@ def test_glance_wan22_runs_both_experts_on_the_stock_loaders(live, wan22_files):
     assert "switched to fast model at step 6 of 10" in live.server.log_tail(20000)
 
     # Both experts shaped the video: either file in both loaders gives another one.
-    for high, low in ((wan22_files["high"], wan22_files["high"]), (wan22_files["low"], wan22_files["low"])):
-        other = live.client.run(prompt_for(save_name + "_swap", high, low), timeout=300)
+    for files in ((high, high), (low, low)):
+        other = live.client.run(prompt_for(save_name + "_swap", *files), timeout=300)
         assert other["status"]["status_str"] == "success"
         changed = first_frame_and_count(live.client, other, save)[0].astype(float) - pixels
-        assert abs(changed).mean() > 1.0, f"the same video with {high} and {low} in the loaders"
+        assert abs(changed).mean() > 1.0, f"the same video with {files} in the loaders"
