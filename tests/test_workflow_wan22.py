@@ -59,7 +59,9 @@ def wan22(comfy, tmp_path_factory):
         model = comfy.sd.load_diffusion_model(str(path)).model  # what the stock UNETLoader makes of it
         assert (type(model).__name__, type(model.model_config).__name__) == ("WAN21", "WAN21_T2V")
     save_safetensors(smallest_wan21_vae(), base / "models" / "vae" / vae_name)
-    server = gs.Live(base)  # and the demo kit, for its text encoder
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")  # tiny models on a shared machine: one thread (as the one_thread fixture)
+        server = gs.Live(base)  # and the demo kit, for its text encoder
     try:
         yield server, high, low
         assert server.server.alive(), f"the ComfyUI server died; log tail:\n{server.server.log_tail()}"
@@ -130,6 +132,11 @@ def test_glance_wan22_runs_both_experts_on_the_stock_loaders(wan22):
     assert record["requested_switch_sigma"] == 0.875 and len(sigmas) == 11
     assert all(s > switch for s in sigmas[:5]) and all(s < switch for s in sigmas[5:])
     assert "switched to fast model at step 6 of 10" in live.server.log_tail(20000)
+
+    # Another prompt to sample: the fit (its own Fit prompt) is not run again.
+    again = live.client.run(gs.apply_overrides(prompt, {"Prompt.text": "a paper boat on a pond"}), timeout=300)
+    cached = [m[1]["nodes"] for m in again["status"]["messages"] if m[0] == "execution_cached"]
+    assert cached and fit in cached[0], again["status"]["messages"]
 
     # Both experts shaped the video: either file in both loaders gives another one.
     for files in ((high, high), (low, low)):
