@@ -169,12 +169,34 @@ QWEN_IMAGE = "Qwen-Image"
 QWEN_EDIT = "Qwen-Image (reference latent)"
 
 
+# Wan 2.2 A14B (an expert of the pair) as a file for the stock UNETLoader: its detector reads the width, the feed-forward
+# width and the depth from the keys and fixes the rest (heads = width / 128, freq_dim 256, text_dim 4096: umT5-XXL's
+# width), so a small file keeps those. 1.1M parameters.
+WAN_A14B_FILE = dict(dim=128, num_heads=1, ffn_dim=256)
+
+
+def file_state_dict(patcher) -> dict:
+    """The diffusion model's weights as a diffusion_models file of its family holds them (the host's key names)."""
+    return {k: v.detach().contiguous() for k, v in patcher.model.diffusion_model.state_dict().items()}
+
+
+def wan21_vae_state_dict(dim: int, seed: int = 0) -> dict:
+    """A Wan 2.1 VAE (the host's class and key names, as in wan_2.1_vae.safetensors) of width ``dim`` (the real one:
+    96), seeded random weights (fan-in scaled, so activations stay O(1))."""
+    import comfy.ldm.wan.vae
+
+    vae = comfy.ldm.wan.vae.WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                   temperal_downsample=[False, True, True], dropout=0.0)
+    return _random_state(vae, seed)
+
+
 class Unsupported(Exception):
     """The host does not have this family (older host)."""
 
 
-def build(name: str, seed: int = 0, dtype=torch.float32):
-    """A ModelPatcher of family ``name``: the host's detector config and model config class, small widths."""
+def build(name: str, seed: int = 0, dtype=torch.float32, widths: dict | None = None):
+    """A ModelPatcher of family ``name``: the host's detector config and model config class, small widths (the
+    family's, or ``widths``: e.g. ``WAN_A14B_FILE`` for a model saved as a file the stock loader reads back)."""
     import comfy.model_detection
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -187,7 +209,7 @@ def build(name: str, seed: int = 0, dtype=torch.float32):
     if fam.config_class and type(config).__name__ != fam.config_class:
         raise Unsupported(f"{name}: this ComfyUI host has no {fam.config_class} model (it reads the file as "
                           f"{type(config).__name__})")
-    config.unet_config.update(fam.widths)
+    config.unet_config.update(fam.widths if widths is None else widths)
     config.set_inference_dtype(dtype, None)
     model = config.get_model({}, device="cpu")
     if type(model).__name__ != fam.model_class:

@@ -19,7 +19,7 @@ QUICK = {"GlanceFitSchedule": lambda: {"rollouts": 2, "fine_steps": 20},
 
 def test_every_workflow_has_twin_and_preview():
     assert set(gs.WORKFLOW_NAMES) == {"glance_qwen_image", "glance_flux_dev", "glance_train_and_sample",
-                                      "stock_two_sampler_baseline", "glance_fit_and_distill"}
+                                      "stock_two_sampler_baseline", "glance_fit_and_distill", "glance_wan22"}
     for name in gs.WORKFLOW_NAMES:
         assert (gs.WORKFLOWS / "api" / f"{name}.json").is_file(), f"{name}: no API twin"
         previews = [p for ext in ("png", "jpg") for p in [gs.WORKFLOWS / f"{name}.{ext}"] if p.is_file()]
