@@ -451,3 +451,23 @@ def test_pair_switch_rule(pack):
     for bad in (0.5, 0.97):
         assert switch.pair_switch_problem(sigmas, bad, 0.875).startswith(f"switch_sigma={bad:g} differs from "
                                                                          "handover_sigma=0.875: ")
+
+
+@pytest.mark.parametrize("reference, problem", [
+    (torch.randn(1, 16, 8, 8), r"has shape \(1, 16, 8, 8\).*\[batch, 16, frames, height, width\]"),  # an image VAE's 4-D latent
+    (torch.randn(1, 4, 1, 8, 8), r"has 4 channels.*16"),  # another model's VAE (SD1.x)
+    (torch.full((1, 16, 1, 8, 8), float("nan")), r"NaN or infinite"),
+])
+def test_edit_pair_with_a_reference_of_another_layout_is_refused_before_training(comfy, cases, base_dir, reference, problem):
+    """A reference latent the model cannot read (another VAE's layout or channels, a broken encode): an error that
+    names the input (positive) and the fix, before anything trains; nothing is saved."""
+    case = cases(F.QWEN_EDIT)
+    positive = with_reference(F.conditioning(F.QWEN_IMAGE, 1), reference)
+    loras = set((base_dir / "models" / "loras").rglob("*.safetensors"))
+    calls = Recorder()
+    with pytest.raises(ValueError, match=r"^positive: reference latent 1 .*" + problem + r".*VAE"):
+        run(comfy, "GlanceTrainLoRA", model=calls.attach(case.model), vae=F.make_vae(case.model), image=gm.sample_image(64),
+            positive=positive, phase="slow", timesteps="", rank=4, alpha=8.0, learning_rate=2e-2, steps=2, seed=0,
+            caption_dropout=0.0, gradient_checkpointing=True, save_name="families/edit bad reference", resolution=64)
+    assert calls.shapes == [], "the model ran before the reference was checked"
+    assert set((base_dir / "models" / "loras").rglob("*.safetensors")) == loras

@@ -108,6 +108,40 @@ def check_conditioning(positive, patcher, recipe) -> None:
         if pooled.shape[-1] != width:
             raise ValueError(f"positive: pooled embedding width {pooled.shape[-1]} does not fit this {recipe.arch} model "
                              f"(it takes {width}); {hint}")
+    for entry in positive:
+        check_reference_latents(entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}, patcher)
+
+
+REFERENCE_FIX = ("encode the reference image with the VAE that belongs to this model (VAE Encode into ReferenceLatent, "
+                 "or TextEncodeQwenImageEdit / TextEncodeQwenImageEditPlus with its vae input connected).")
+
+
+def check_reference_latents(extras: dict, patcher) -> None:
+    """A clear error naming ``positive`` when a reference latent in the conditioning (an edit model's image to edit,
+    put there by ReferenceLatent or TextEncodeQwenImageEdit(Plus)) is not in this model's own latent layout: the host
+    would fail deep inside the model or, for a 4-D latent on a 3-D model (v0.33), silently read it as many frames."""
+    references = extras.get("reference_latents")
+    if references is None:
+        return
+    fmt = patcher.model.latent_format
+    channels, dims = fmt.latent_channels, getattr(fmt, "latent_dimensions", 2)
+    model = type(patcher.model).__name__
+    layout = f"[batch, {channels}, frames, height, width]" if dims == 3 else f"[batch, {channels}, height, width]"
+    for n, ref in enumerate(references, 1):
+        where = f"positive: reference latent {n}"
+        if not isinstance(ref, torch.Tensor):
+            raise ValueError(f"{where} is a {type(ref).__name__}, not a latent tensor; {REFERENCE_FIX}")
+        if ref.ndim != dims + 2:
+            raise ValueError(f"{where} has shape {tuple(ref.shape)}, but this {model} model reads {layout} latents "
+                             f"(another VAE's layout); {REFERENCE_FIX}")
+        if ref.shape[1] != channels:
+            raise ValueError(f"{where} has {ref.shape[1]} channels; this {model} model's latents have {channels} "
+                             f"(it was encoded by another model's VAE); {REFERENCE_FIX}")
+        if ref.numel() == 0:
+            raise ValueError(f"{where} is empty (shape {tuple(ref.shape)}); {REFERENCE_FIX}")
+        if not torch.isfinite(ref).all():
+            raise ValueError(f"{where} holds NaN or infinite values (a broken encode: the VAE's weights, or fp16 "
+                             f"overflow); {REFERENCE_FIX}")
 
 
 def check_image_size(model, width: int, height: int, input_name: str) -> None:
