@@ -17,6 +17,7 @@ from ..host_compat import latent_downscale
 from ..sampling.schedule_fit import fine_schedule
 from ..schedules.checks import finite
 from ..schedules.records import latent_resolution
+from ..schedules.sampler_steps import check_sampler
 from ..schedules.switch import EXPERTS, validate_switch_sigma
 from .data import check_conditioning, check_image_size, encode_latent, prepare_image
 from .distill import DistillResult, check_settings, distill_experts, expert_metadata
@@ -140,6 +141,9 @@ class DistillInputs:
     fine_steps: int = 50
     scheduler: str = "simple"
     gradient_checkpointing: bool = True
+    sampler_name: str = "euler"  # the sampler the experts will run with
+    states: str = "student"  # training.distill: the sampler's own states, or "teacher" (not a node input)
+    refresh: int = 25  # optimiser steps between two rolls of the sampler (student states; not a node input)
 
 
 @dataclass
@@ -162,7 +166,8 @@ def distill_settings(model, recipe: Recipe, inputs: DistillInputs) -> DistillSet
         rollouts=int(inputs.rollouts), steps=int(inputs.steps), rank=rank,
         alpha=float(rank) * recipe.alpha / recipe.rank,  # the recipe's scale alpha/rank
         learning_rate=float(inputs.learning_rate), seed=int(inputs.seed),
-        gradient_checkpointing=inputs.gradient_checkpointing)
+        gradient_checkpointing=inputs.gradient_checkpointing, sampler=inputs.sampler_name, states=inputs.states,
+        refresh=int(inputs.refresh))
     check_settings(settings)
     return settings
 
@@ -171,6 +176,7 @@ def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: Di
                 on_progress: Callable[[int, int], None] | None = None) -> DistillOutcome:
     """Distil and save the slow and the fast expert of ``model`` (``prompts``: one conditioning per prompt;
     ``latent``: one empty latent in the model's layout)."""
+    check_sampler(inputs.sampler_name)
     recipe = detect_recipe(model)
     settings = distill_settings(model, recipe, inputs)
     # Both names checked before any work; a half pair left by a cut run of these two names may be replaced.
@@ -181,8 +187,10 @@ def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: Di
                          "different names.")
     paths = {"slow": slow, "fast": fast}
     log.info("Glance distill: %s, %d prompt(s), %d rollouts, schedule %s (switch %.4f), cfg %g/%g, rank %d, lr %g, "
-             "%d steps per expert", recipe.arch, len(prompts), settings.rollouts, [round(s, 4) for s in settings.sigmas],
-             settings.switch_sigma, settings.cfg, settings.cfg_fast, settings.rank, settings.learning_rate, settings.steps)
+             "%d steps per expert; %s on its %s states", recipe.arch, len(prompts), settings.rollouts,
+             [round(s, 4) for s in settings.sigmas], settings.switch_sigma, settings.cfg, settings.cfg_fast,
+             settings.rank, settings.learning_rate, settings.steps, settings.sampler,
+             "own" if settings.states == "student" else "teacher's")
     if len(prompts) == 1:
         log.info("Glance distill: one prompt; the experts specialise in it and may land slightly further from the "
                  "model's fine run than the schedule alone on other prompts. For prompts in general, join several "
