@@ -181,12 +181,12 @@ class StudentStates:
         self.d = [torch.zeros_like(t[:-1]) for t in teacher_states.states]
         self.rolls = 0
 
-    def roll(self, start: int, stop: int) -> None:
+    def roll(self, start: int, stop: int, only: int | None = None) -> None:
         """The sampler from point ``start`` to ``stop`` for every rollout (a prompt's rollouts in batches of
-        ``chunk``), with the terms on the model now; no autograd."""
+        ``chunk``), or for rollout ``only``, with the terms on the model now; no autograd."""
         device = self.session.device
         for p in sorted(set(self.prompt_of)):
-            mine = [r for r, q in enumerate(self.prompt_of) if q == p]
+            mine = [r for r, q in enumerate(self.prompt_of) if q == p and only in (None, r)]
             for at in range(0, len(mine), self.chunk):
                 rs = mine[at:at + self.chunk]
                 x = torch.stack([self.x[r][start] for r in rs]).to(device)
@@ -218,11 +218,14 @@ class SegmentStep:
 
     def __call__(self, step: int) -> torch.Tensor:
         refresh = self.session.settings.refresh
-        if self.student is not None and (step == 0 or (refresh > 0 and step % refresh == 0)):
+        if self.student is not None and refresh != 1 and (step == 0 or (refresh > 0 and step % refresh == 0)):
             self.student.roll(self.steps[0], self.steps[-1] + 1)
         device, sampler = self.session.device, self.session.settings.sampler
         r = int(torch.randint(len(self.teacher.states), (1,), generator=self.gen))
         j = self.steps[int(torch.randint(len(self.steps), (1,), generator=self.gen))]
+        if self.student is not None and refresh == 1 and j > self.steps[0]:
+            # every step from the current expert: only this rollout, only up to the state it trains on
+            self.student.roll(self.steps[0], j, only=r)
         s_i, s_k = float(self.coarse[j]), float(self.coarse[j + 1])
         x_i, old = self._state(r, j)
         x_i = x_i.to(device)

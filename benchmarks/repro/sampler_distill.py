@@ -33,12 +33,16 @@ from cli.host import pack_module
 from .metrics import psnr
 from .schedules import HERE, REFERENCE_SAMPLER, Bench, combine
 
-VARIANTS = {  # label: (states, sampler: None = the row's, refresh)
-    "old (euler, teacher states)": ("teacher", "euler", 0),
-    "teacher states, sampler's step": ("teacher", None, 0),
-    "student states, rolled once": ("student", None, 0),
-    "student states (node default)": ("student", None, 25),
+VARIANTS = {  # label: (states, sampler: None = the row's, refresh, learning rate: None = --learning-rate)
+    "old (euler, teacher states)": ("teacher", "euler", 0, None),
+    "teacher states, sampler's step": ("teacher", None, 0, None),
+    "student states, rolled once": ("student", None, 0, None),
+    "student states (node default)": ("student", None, 25, None),
+    "student states, every step": ("student", None, 1, None),
+    "student states, every 25 steps, lr 1e-4": ("student", None, 25, 1e-4),
+    "student states, every step, lr 1e-4": ("student", None, 1, 1e-4),
 }
+DEFAULT_VARIANTS = list(VARIANTS)[:4]
 
 
 def fit(b: Bench, sampler: str, steps: int, fine_steps: int, positive) -> tuple[torch.Tensor, float]:
@@ -50,15 +54,16 @@ def fit(b: Bench, sampler: str, steps: int, fine_steps: int, positive) -> tuple[
     return sigmas, float(switch)
 
 
-def distill(b: Bench, args, prompts: list, sigmas, switch: float, sampler: str, states: str, refresh: int):
+def distill(b: Bench, args, prompts: list, sigmas, switch: float, sampler: str, states: str, refresh: int,
+            learning_rate: float):
     """The experts as Glance LoRA Loader loads their files: (model_slow, model_fast)."""
     job = pack_module("training.job")
     tag = uuid.uuid4().hex[:6]
     inputs = job.DistillInputs(
         sigmas=tuple(float(s) for s in sigmas), switch_sigma=switch, cfg=b.cfg, steps=args.distill_steps,
         rollouts=args.rollouts, seed=0, save_name_slow=f"bench/sd_{tag}_slow", save_name_fast=f"bench/sd_{tag}_fast",
-        fine_steps=args.fine_steps, sampler_name=sampler, states=states, refresh=refresh,
-        learning_rate=args.learning_rate)
+        fine_steps=args.teacher_steps or args.fine_steps, sampler_name=sampler, states=states, refresh=refresh,
+        learning_rate=learning_rate)
     import folder_paths
 
     outcome = job.distill_job(b.model, prompts, b.negative, b.latent(1)["samples"], inputs,
@@ -77,6 +82,18 @@ def sample(b: Bench, model_slow, model_fast, sampler: str, sigmas, switch: float
     return torch.cat(out)
 
 
+def reused_fits(b: Bench, path: Path, fine_steps: int) -> dict:
+    """The fitted schedules of an earlier run's json (its sigmas, rounded there, put back on the fine grid)."""
+    import comfy.samplers
+
+    fine = comfy.samplers.calculate_sigmas(b.model.get_model_object("model_sampling"), "simple", fine_steps).float()
+    out = {}
+    for r in json.loads(Path(path).read_text())["rows"]:
+        sigmas = torch.stack([fine[int(torch.argmin((fine - s).abs()))] for s in r["sigmas"]])
+        out[(r["sampler"], r["steps"])] = (sigmas, r["switch"])
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE / "out")
@@ -84,6 +101,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, default=2, help="seeds per held-out caption")
     ap.add_argument("--fit-captions", type=int, default=4, help="training captions the fits and experts learn from")
     ap.add_argument("--fine-steps", type=int, default=50, help="the fit's and the teacher's fine steps")
+    ap.add_argument("--teacher-steps", type=int, default=0, help="the distillation's teacher steps (0: --fine-steps)")
     ap.add_argument("--reference-steps", type=int, default=200)
     ap.add_argument("--cfg", type=float, default=5.0)
     ap.add_argument("--steps", default="6,10")
@@ -91,7 +109,8 @@ def main(argv=None) -> None:
     ap.add_argument("--distill-steps", type=int, default=400, help="optimiser steps per expert")
     ap.add_argument("--rollouts", type=int, default=16, help="teacher rollouts of the distillation")
     ap.add_argument("--learning-rate", type=float, default=3e-5)
-    ap.add_argument("--variants", default=";".join(VARIANTS), help="distillations to run (labels of VARIANTS, ; between)")
+    ap.add_argument("--reuse-fits", type=Path, help="take the fitted schedules from an earlier run's json")
+    ap.add_argument("--variants", default=";".join(DEFAULT_VARIANTS), help="distillations to run (labels of VARIANTS, ; between)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     with torch.inference_mode():
@@ -109,19 +128,21 @@ def run(args, argv) -> None:
 
     many = combine(b.train_conds)
     prompts = [[entry] for entry in many]
+    fits = reused_fits(b, args.reuse_fits, args.fine_steps) if args.reuse_fits else {}
     rows = []
     for sampler in args.samplers.split(","):
         for steps in [int(s) for s in args.steps.split(",")]:
-            sigmas, switch = fit(b, sampler, steps, args.fine_steps, many)
+            sigmas, switch = fits.get((sampler, steps)) or fit(b, sampler, steps, args.fine_steps, many)
             row = dict(sampler=sampler, steps=steps, sigmas=[round(float(s), 4) for s in sigmas], switch=switch,
                        fitted=score(sample(b, b.model, b.model, sampler, sigmas, switch)), distilled={})
             print(f"{sampler} {steps}: fitted alone {row['fitted']} dB ({time.time() - t_start:.0f} s)", flush=True)
             for label in args.variants.split(";"):
-                states, trained_for, refresh = VARIANTS[label]
+                states, trained_for, refresh, rate = VARIANTS[label]
                 if trained_for is None and sampler == "euler" and states == "teacher":
                     continue  # the old distillation itself
                 t0 = time.perf_counter()
-                slow, fast = distill(b, args, prompts, sigmas, switch, trained_for or sampler, states, refresh)
+                slow, fast = distill(b, args, prompts, sigmas, switch, trained_for or sampler, states, refresh,
+                                     rate or args.learning_rate)
                 value = score(sample(b, slow, fast, sampler, sigmas, switch))
                 row["distilled"][label] = dict(pixel_psnr=value, gain_db=round(value - row["fitted"], 2),
                                                seconds=round(time.perf_counter() - t0, 1))
@@ -131,7 +152,7 @@ def run(args, argv) -> None:
     out = dict(reference=f"{REFERENCE_SAMPLER}, {args.reference_steps} steps of simple", rows=rows,
                settings=dict(held_out_captions=b.held_captions, seeds_per_caption=args.seeds,
                              fit_captions=b.train_captions, fine_steps=args.fine_steps, cfg=args.cfg,
-                             distill_steps=args.distill_steps, rollouts=args.rollouts,
+                             teacher_steps=args.teacher_steps or args.fine_steps, distill_steps=args.distill_steps, rollouts=args.rollouts,
                              learning_rate=args.learning_rate, threads=1,
                              command="python -m benchmarks.repro.sampler_distill " + " ".join(argv or [])),
                seconds=round(time.time() - t_start, 1))
