@@ -3,21 +3,18 @@
 The teacher is the model with no adapter: it samples ``rollouts`` images with Euler on a fine schedule that
 contains every point of the coarse schedule (``sampling/teacher.py``, the host's own sampler); rollout r starts from
 the noise of ``seed + r``. The experts learn where the few-step SAMPLER goes (``sampler``: euler, dpmpp_2m or
-res_multistep, the samplers ``schedules/sampler_steps.py`` models exactly, multistep history included):
+res_multistep, the samplers ``schedules/sampler_steps.py`` models exactly, multistep history included).
 
-- student states (``states="student"``, the default): the sampler itself runs the coarse schedule from each
-  rollout's noise, and at each coarse point i the expert is trained on the state x_i the sampler reached there,
-  with the denoised prediction of its previous step as the history (dpmpp_2m, res_multistep). The sampler's own
-  update ``cx x_i + cd D + co D_old`` (sampler_steps.coefficients; linear, so differentiable in the expert's
-  prediction D) must land on the teacher's state x_k at the next coarse point from the same noise: where the
-  student drifted, the expert learns to steer back onto the converged path. The roll is redone every ``refresh``
-  optimiser steps with the expert as it is then (its first roll is the base model's: a new expert starts at the
-  base); the fast expert's rolls start where the slow phase of the finished slow expert leaves each rollout, so
-  each expert learns the states the sampler visits with the experts it will run with. Several prompts: the
-  rollouts take turns, as the teacher's.
-- teacher states (``states="teacher"``): the state x_i is the teacher's own, the history its denoised prediction
-  at the previous coarse point. With ``euler`` this is the earlier objective: the single Euler step that lands
-  exactly on the teacher's x_k.
+At each coarse point i the expert is trained on the state x_i the SAMPLER reached there from the rollout's noise,
+with the denoised prediction of its previous step as the history (dpmpp_2m, res_multistep). The sampler's own
+update ``cx x_i + cd D + co D_old`` (sampler_steps.coefficients; linear, so differentiable in the expert's
+prediction D) must land on the teacher's state x_k at the next coarse point from the same noise: where the student
+drifted off the fine run, the expert learns to steer back. The sampler is rolled again every ``refresh`` optimiser
+steps with the expert as it is then (its first roll is the base model's: a new expert starts at the base); the
+fast expert's rolls start where the slow phase, run with the finished slow expert, leaves each rollout, so each
+expert learns the states the sampler visits with the experts it will run with. Several prompts: the rollouts take
+turns, as the teacher's. (The earlier objective, Euler steps from the teacher's own states, lost to this one at
+every measured point, euler included: benchmarks/README.md, "Distilled experts on the sampler's own states".)
 
 Loss: MSE of the step's velocity, ``(x_i - x_next) / (s_i - s_k)`` against ``(x_i - x_k) / (s_i - s_k)``. Each
 expert (LoRA terms as forward hooks, ``adapters.lora_terms``; only the expert in training has its terms on the
@@ -46,14 +43,11 @@ from .adapters import fixed_terms
 from .session import Session, clone_tensors, open_session, run_in_sampling, train_adapter
 from .settings import DistillSettings
 
-STUDENT, TEACHER = "student", "teacher"
+OBJECTIVE = ("distillation: MSE between the velocity of one step of the sampler from its own state x_i (with its "
+             "history) with the expert's guided prediction and the velocity (x_i - x_k)/(s_i - s_k) to the teacher's "
+             "x_k from the same noise (fine-step Euler rollouts)")
 
 
-def objective(settings: DistillSettings) -> str:
-    where = "the sampler's own state x_i" if settings.states == STUDENT else "the teacher's state x_i"
-    return (f"distillation: MSE between the velocity of one {settings.sampler} step from {where} (with its history) "
-            "with the expert's guided prediction and the velocity (x_i - x_k)/(s_i - s_k) to the teacher's x_k from "
-            "the same noise (fine-step Euler rollouts)")
 @dataclass
 class DistillResult:
     adapters: dict[str, dict] = field(default_factory=dict)  # expert -> {module: (down, up)}, fp32 CPU
@@ -98,8 +92,6 @@ def check_settings(s: DistillSettings) -> None:
         raise ValueError(f"rank={s.rank}: use a LoRA rank of at least 1 (or -1 for the architecture's default).")
     if not (math.isfinite(s.learning_rate) and s.learning_rate > 0):
         raise ValueError(f"learning_rate={s.learning_rate!r}: use a positive learning rate, e.g. 1e-4.")
-    if s.states not in (STUDENT, TEACHER):
-        raise ValueError(f"states={s.states!r}: '{STUDENT}' (the sampler's own states) or '{TEACHER}'.")
     if s.refresh < 0:
         raise ValueError(f"refresh={s.refresh}: optimiser steps between two rolls of the sampler, >= 0 (0: roll once).")
 
@@ -137,10 +129,8 @@ class _Progress:
 
 @dataclass
 class TeacherStates:
-    """The teacher's states at the coarse points (one [points, *latent] tensor per rollout), its denoised predictions
-    at the coarse points but the last ([points - 1, *latent]) and the rollouts' prompts."""
+    """The teacher's states at the coarse points (one [points, *latent] tensor per rollout) and their prompts."""
     states: list[torch.Tensor] = field(default_factory=list)
-    denoised: list[torch.Tensor] = field(default_factory=list)
     prompt_of: list[int] = field(default_factory=list)
 
 
@@ -179,14 +169,13 @@ class StudentStates:
         self.model_options, self.chunk, self.prompt_of = model_options, max(1, chunk), teacher_states.prompt_of
         self.x = [t.clone() for t in teacher_states.states]  # point 0: the rollout's noise, as the teacher's
         self.d = [torch.zeros_like(t[:-1]) for t in teacher_states.states]
-        self.rolls = 0
 
-    def roll(self, start: int, stop: int, only: int | None = None) -> None:
+    def roll(self, start: int, stop: int) -> None:
         """The sampler from point ``start`` to ``stop`` for every rollout (a prompt's rollouts in batches of
-        ``chunk``), or for rollout ``only``, with the terms on the model now; no autograd."""
+        ``chunk``), with the terms on the model now; no autograd."""
         device = self.session.device
         for p in sorted(set(self.prompt_of)):
-            mine = [r for r, q in enumerate(self.prompt_of) if q == p and only in (None, r)]
+            mine = [r for r, q in enumerate(self.prompt_of) if q == p]
             for at in range(0, len(mine), self.chunk):
                 rs = mine[at:at + self.chunk]
                 x = torch.stack([self.x[r][start] for r in rs]).to(device)
@@ -198,37 +187,27 @@ class StudentStates:
                 for b, r in enumerate(rs):
                     self.x[r][start:stop + 1] = torch.stack([v[b] for v in xs]).cpu()
                     self.d[r][start:stop] = torch.stack([v[b] for v in ds]).cpu()
-        self.rolls += 1
 
 
 class SegmentStep:
     """One distillation step's loss for one expert: a random rollout and one of the expert's coarse segments, from
-    the student's states (``student``, rolled again every ``refresh`` steps) or the teacher's."""
+    the sampler's state there (``student``, rolled again every ``refresh`` steps)."""
 
     def __init__(self, session: Session, guider: _PromptGuider, teacher_states: TeacherStates, steps: list[int],
-                 coarse: torch.Tensor, gen: torch.Generator, model_options: dict, cfg: float,
-                 student: StudentStates | None = None):
+                 coarse: torch.Tensor, gen: torch.Generator, model_options: dict, cfg: float, student: StudentStates):
         self.session, self.guider, self.teacher, self.steps = session, guider, teacher_states, steps
         self.coarse, self.gen, self.model_options, self.cfg, self.student = coarse, gen, model_options, cfg, student
 
-    def _state(self, r: int, j: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x_j of rollout r and the history of the step from it (the denoised prediction at j - 1)."""
-        xs, ds = (self.student.x, self.student.d) if self.student is not None else (self.teacher.states, self.teacher.denoised)
-        return xs[r][j:j + 1], ds[r][j - 1:j] if j > 0 else None
-
     def __call__(self, step: int) -> torch.Tensor:
         refresh = self.session.settings.refresh
-        if self.student is not None and refresh != 1 and (step == 0 or (refresh > 0 and step % refresh == 0)):
+        if step == 0 or (refresh > 0 and step % refresh == 0):
             self.student.roll(self.steps[0], self.steps[-1] + 1)
         device, sampler = self.session.device, self.session.settings.sampler
         r = int(torch.randint(len(self.teacher.states), (1,), generator=self.gen))
         j = self.steps[int(torch.randint(len(self.steps), (1,), generator=self.gen))]
-        if self.student is not None and refresh == 1 and j > self.steps[0]:
-            # every step from the current expert: only this rollout, only up to the state it trains on
-            self.student.roll(self.steps[0], j, only=r)
         s_i, s_k = float(self.coarse[j]), float(self.coarse[j + 1])
-        x_i, old = self._state(r, j)
-        x_i = x_i.to(device)
+        x_i = self.student.x[r][j:j + 1].to(device)
+        old = self.student.d[r][j - 1:j] if j > 0 else None  # the sampler's history: its prediction at j - 1
         target = (x_i - self.teacher.states[r][j + 1:j + 2].to(device)) / (s_i - s_k)
         self.guider.prompt = f"prompt_{self.teacher.prompt_of[r]}"
         self.guider.set_cfg(self.cfg)
@@ -243,11 +222,9 @@ class SegmentStep:
 def _teacher_states(session: Session, prompts, negative, latent, grid, index, progress: _Progress) -> tuple[TeacherStates, int]:
     """The teacher's rollouts (no adapter anywhere yet), kept at the coarse points; and its model passes."""
     s, kept = session.settings, TeacherStates()
-    at = index[:-1]
 
     def keep(r: teacher.Rollout) -> None:
         kept.states.append(r.x[index].clone())
-        kept.denoised.append(r.x[at] - grid[at].view(-1, *[1] * (r.x.dim() - 1)) * r.velocity[at])
         kept.prompt_of.append(r.prompt)
 
     with torch.no_grad():
@@ -289,10 +266,10 @@ def _train_experts(session: Session, guider: _PromptGuider, kept: TeacherStates,
     segments = phase_steps(coarse, s.switch_sigma)
     cfgs = {"slow": s.cfg, "fast": s.cfg_fast}
     cfg_of = lambda j: s.cfg if j in segments["slow"] else s.cfg_fast  # noqa: E731
-    student = StudentStates(session, guider, kept, coarse, cfg_of, model_options, chunk) if s.states == STUDENT else None
+    student = StudentStates(session, guider, kept, coarse, cfg_of, model_options, chunk)
     gen = torch.Generator().manual_seed(s.seed)
     for n, expert in enumerate(EXPERTS):
-        if student is not None and expert == "fast":
+        if expert == "fast":
             # where the sampler's slow phase leaves each rollout, with the slow expert just trained
             with fixed_terms(session.targets, result.adapters["slow"], s.rank, s.alpha, session.device):
                 student.roll(0, segments["fast"][0])
@@ -306,11 +283,11 @@ def expert_metadata(settings: DistillSettings, expert: str) -> dict:
     coarse = torch.tensor(settings.sigmas, dtype=torch.float32)
     starts = [float(coarse[j]) for j in phase_steps(coarse, settings.switch_sigma)[expert]]
     return dict(
-        phase=expert, objective=objective(settings), sigmas=starts, timesteps=[round(s * 1000.0, 4) for s in starts],
+        phase=expert, objective=OBJECTIVE, sigmas=starts, timesteps=[round(s * 1000.0, 4) for s in starts],
         schedule=[float(s) for s in settings.sigmas], switch_sigma=settings.switch_sigma,
         cfg=settings.cfg if expert == "slow" else settings.cfg_fast, teacher_cfg=settings.cfg,
         teacher_steps=len(teacher_schedule(coarse, torch.tensor(settings.teacher_sigmas))[0]) - 1,
-        rollouts=settings.rollouts, sampler=settings.sampler, states=settings.states,
-        refresh=settings.refresh if settings.states == STUDENT else None, rank=settings.rank, alpha=settings.alpha, steps=settings.steps,
+        rollouts=settings.rollouts, sampler=settings.sampler, refresh=settings.refresh, rank=settings.rank,
+        alpha=settings.alpha, steps=settings.steps,
         learning_rate=settings.learning_rate, seed=settings.seed, target_modules=list(settings.target_modules),
     )

@@ -142,8 +142,7 @@ class DistillInputs:
     scheduler: str = "simple"
     gradient_checkpointing: bool = True
     sampler_name: str = "euler"  # the sampler the experts will run with
-    states: str = "student"  # training.distill: the sampler's own states, or "teacher" (not a node input)
-    refresh: int = 25  # optimiser steps between two rolls of the sampler (student states; not a node input)
+    refresh: int = 25  # optimiser steps between two rolls of the sampler with the current expert (not a node input)
 
 
 @dataclass
@@ -166,7 +165,7 @@ def distill_settings(model, recipe: Recipe, inputs: DistillInputs) -> DistillSet
         rollouts=int(inputs.rollouts), steps=int(inputs.steps), rank=rank,
         alpha=float(rank) * recipe.alpha / recipe.rank,  # the recipe's scale alpha/rank
         learning_rate=float(inputs.learning_rate), seed=int(inputs.seed),
-        gradient_checkpointing=inputs.gradient_checkpointing, sampler=inputs.sampler_name, states=inputs.states,
+        gradient_checkpointing=inputs.gradient_checkpointing, sampler=inputs.sampler_name,
         refresh=int(inputs.refresh))
     check_settings(settings)
     return settings
@@ -187,10 +186,9 @@ def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: Di
                          "different names.")
     paths = {"slow": slow, "fast": fast}
     log.info("Glance distill: %s, %d prompt(s), %d rollouts, schedule %s (switch %.4f), cfg %g/%g, rank %d, lr %g, "
-             "%d steps per expert; %s on its %s states", recipe.arch, len(prompts), settings.rollouts,
+             "%d steps per expert, on the states %s visits", recipe.arch, len(prompts), settings.rollouts,
              [round(s, 4) for s in settings.sigmas], settings.switch_sigma, settings.cfg, settings.cfg_fast,
-             settings.rank, settings.learning_rate, settings.steps, settings.sampler,
-             "own" if settings.states == "student" else "teacher's")
+             settings.rank, settings.learning_rate, settings.steps, settings.sampler)
     if len(prompts) == 1:
         log.info("Glance distill: one prompt; the experts specialise in it and may land slightly further from the "
                  "model's fine run than the schedule alone on other prompts. For prompts in general, join several "

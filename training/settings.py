@@ -47,5 +47,4 @@ class DistillSettings(LoraSettings):
     cfg_fast: float
     rollouts: int
     sampler: str = "euler"  # the sampler the experts will run (schedules/sampler_steps.py models its steps)
-    states: str = "student"  # where the experts train: the sampler's own states ("student") or the teacher's
-    refresh: int = 25  # optimiser steps between two rolls of the sampler with the current expert (student states)
+    refresh: int = 25  # optimiser steps between two rolls of the sampler with the current expert (0: roll once)

@@ -41,6 +41,7 @@ VARIANTS = {  # label: (states, sampler: None = the row's, refresh, learning rat
     "student states, every step": ("student", None, 1, None),
     "student states, every 25 steps, lr 1e-4": ("student", None, 25, 1e-4),
     "student states, every step, lr 1e-4": ("student", None, 1, 1e-4),
+    "student states, every 25 steps, lr 3e-4": ("student", None, 25, 3e-4),
 }
 DEFAULT_VARIANTS = list(VARIANTS)[:4]
 
