@@ -13,7 +13,8 @@ drifted off the fine run, the expert learns to steer back. The sampler is rolled
 steps with the expert as it is then (its first roll is the base model's: a new expert starts at the base); the
 fast expert's rolls start where the slow phase, run with the finished slow expert, leaves each rollout, so each
 expert learns the states the sampler visits with the experts it will run with. Several prompts: the rollouts take
-turns, as the teacher's. (The earlier objective, Euler steps from the teacher's own states, lost to this one at
+turns, as the teacher's. A roll has no autograd, batches a prompt's rollouts as the teacher's rollouts are batched
+(the host's own estimate, made before the load) and checks for an interrupt at every step. (The earlier objective, Euler steps from the teacher's own states, lost to this one at
 every measured point, euler included: benchmarks/README.md, "Distilled experts on the sampler's own states".)
 
 Loss: MSE of the step's velocity, ``(x_i - x_next) / (s_i - s_k)`` against ``(x_i - x_k) / (s_i - s_k)``. Each

@@ -8,20 +8,26 @@ at 6 and 10 steps:
 
 - ``fitted``: Glance Fit Schedule for that sampler from ``--fit-captions`` training captions (Conditioning
   (Combine), one rollout each), the base model on both phases;
-- ``old``: Glance Distill Experts as it was: Euler steps from the teacher's states (``states="teacher"``,
-  ``sampler_name="euler"``), sampled with the row's sampler;
-- ``teacher states, sampler's step``: the teacher's states, the sampler's own update (history from the teacher);
-- ``student states``: the node's default now: the sampler's own states, rolled again every 25 optimiser steps with
-  the current expert (``student states, rolled once``: rolled once, with the base model / the slow expert).
+- Glance Distill Experts for that sampler on that schedule: ``node default`` (the sampler rolled again every 25
+  optimiser steps with the current expert), ``rolled once`` (with the base model / the finished slow expert only),
+  and higher learning rates (``--variants``, labels of ``VARIANTS`` with ``;`` between).
+
+The earlier objective (Euler steps from the teacher's states) is no longer in the pack; the committed
+``out/sampler_distill.json`` was measured at commit dc6e0e5, where this module still compared it
+(``old (euler, teacher states)``, and ``teacher states, sampler's step``).
 
 Every distillation learns from the same training captions (``--distill-steps`` optimiser steps per expert,
 ``--rollouts`` teacher rollouts, the node's learning rate), on the row's fitted schedule and switch; every row
-samples through Glance Phase KSampler with the row's sampler. Writes ``out/sampler_distill.json`` and prints a table.
+samples through Glance Phase KSampler with the row's sampler. Writes ``out/<--name>.json`` (default
+``sampler_distill``) and prints a table. ``--reuse-fits out/sampler_distill.json`` takes the fitted schedules of an
+earlier run instead of fitting again (the fits are most of the time).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -33,17 +39,13 @@ from cli.host import pack_module
 from .metrics import psnr
 from .schedules import HERE, REFERENCE_SAMPLER, Bench, combine
 
-VARIANTS = {  # label: (states, sampler: None = the row's, refresh, learning rate: None = --learning-rate)
-    "old (euler, teacher states)": ("teacher", "euler", 0, None),
-    "teacher states, sampler's step": ("teacher", None, 0, None),
-    "student states, rolled once": ("student", None, 0, None),
-    "student states (node default)": ("student", None, 25, None),
-    "student states, every step": ("student", None, 1, None),
-    "student states, every 25 steps, lr 1e-4": ("student", None, 25, 1e-4),
-    "student states, every step, lr 1e-4": ("student", None, 1, 1e-4),
-    "student states, every 25 steps, lr 3e-4": ("student", None, 25, 3e-4),
+VARIANTS = {  # label: (refresh, learning rate: None = --learning-rate)
+    "rolled once": (0, None),
+    "node default (rolled every 25 steps)": (25, None),
+    "every 25 steps, lr 1e-4": (25, 1e-4),
+    "every 25 steps, lr 3e-4": (25, 3e-4),
 }
-DEFAULT_VARIANTS = list(VARIANTS)[:4]
+DEFAULT_VARIANTS = list(VARIANTS)[:2]
 
 
 def fit(b: Bench, sampler: str, steps: int, fine_steps: int, positive) -> tuple[torch.Tensor, float]:
@@ -55,15 +57,14 @@ def fit(b: Bench, sampler: str, steps: int, fine_steps: int, positive) -> tuple[
     return sigmas, float(switch)
 
 
-def distill(b: Bench, args, prompts: list, sigmas, switch: float, sampler: str, states: str, refresh: int,
-            learning_rate: float):
+def distill(b: Bench, args, prompts: list, sigmas, switch: float, sampler: str, refresh: int, learning_rate: float):
     """The experts as Glance LoRA Loader loads their files: (model_slow, model_fast)."""
     job = pack_module("training.job")
     tag = uuid.uuid4().hex[:6]
     inputs = job.DistillInputs(
         sigmas=tuple(float(s) for s in sigmas), switch_sigma=switch, cfg=b.cfg, steps=args.distill_steps,
         rollouts=args.rollouts, seed=0, save_name_slow=f"bench/sd_{tag}_slow", save_name_fast=f"bench/sd_{tag}_fast",
-        fine_steps=args.teacher_steps or args.fine_steps, sampler_name=sampler, states=states, refresh=refresh,
+        fine_steps=args.teacher_steps or args.fine_steps, sampler_name=sampler, refresh=refresh,
         learning_rate=learning_rate)
     import folder_paths
 
@@ -110,8 +111,10 @@ def main(argv=None) -> None:
     ap.add_argument("--distill-steps", type=int, default=400, help="optimiser steps per expert")
     ap.add_argument("--rollouts", type=int, default=16, help="teacher rollouts of the distillation")
     ap.add_argument("--learning-rate", type=float, default=3e-5)
+    ap.add_argument("--name", default="sampler_distill", help="the results file's name (.json added)")
     ap.add_argument("--reuse-fits", type=Path, help="take the fitted schedules from an earlier run's json")
     ap.add_argument("--variants", default=";".join(DEFAULT_VARIANTS), help="distillations to run (labels of VARIANTS, ; between)")
+    argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     with torch.inference_mode():
@@ -138,12 +141,9 @@ def run(args, argv) -> None:
                        fitted=score(sample(b, b.model, b.model, sampler, sigmas, switch)), distilled={})
             print(f"{sampler} {steps}: fitted alone {row['fitted']} dB ({time.time() - t_start:.0f} s)", flush=True)
             for label in args.variants.split(";"):
-                states, trained_for, refresh, rate = VARIANTS[label]
-                if trained_for is None and sampler == "euler" and states == "teacher":
-                    continue  # the old distillation itself
+                refresh, rate = VARIANTS[label]
                 t0 = time.perf_counter()
-                slow, fast = distill(b, args, prompts, sigmas, switch, trained_for or sampler, states, refresh,
-                                     rate or args.learning_rate)
+                slow, fast = distill(b, args, prompts, sigmas, switch, sampler, refresh, rate or args.learning_rate)
                 value = score(sample(b, slow, fast, sampler, sigmas, switch))
                 row["distilled"][label] = dict(pixel_psnr=value, gain_db=round(value - row["fitted"], 2),
                                                seconds=round(time.perf_counter() - t0, 1))
@@ -155,10 +155,10 @@ def run(args, argv) -> None:
                              fit_captions=b.train_captions, fine_steps=args.fine_steps, cfg=args.cfg,
                              teacher_steps=args.teacher_steps or args.fine_steps, distill_steps=args.distill_steps, rollouts=args.rollouts,
                              learning_rate=args.learning_rate, threads=1,
-                             command="python -m benchmarks.repro.sampler_distill " + " ".join(argv or [])),
+                             command=" ".join(["python -m benchmarks.repro.sampler_distill", *map(shlex.quote, argv)])),
                seconds=round(time.time() - t_start, 1))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sampler_distill.json").write_text(json.dumps(out, indent=1))
+    (args.out / f"{args.name}.json").write_text(json.dumps(out, indent=1))
     print(render(out))
     print(f"done in {time.time() - t_start:.0f} s")
 
