@@ -1,11 +1,13 @@
 """GlanceDistillExperts: the Slow and the Fast expert distilled from the model's own fine-step sampling (prompts only)."""
 from __future__ import annotations
 
+import comfy.samplers
 import torch
 from comfy_api.latest import io
 
 from ..sampling.forward_experts import forward_expert_clones
 from ..sampling.lora_patches import lora_patches
+from ..schedules.sampler_steps import SUPPORTED_SAMPLERS, check_sampler
 from ..schedules.switch import EXPERTS, validate_switch_sigma
 from ..training.job import DistillInputs, distill_job
 from .common.folders import loras_dir
@@ -14,6 +16,7 @@ from .common.inputs import (AUTO, cfg_input, check_latent_fits, check_prompts, g
                             size_latent_input, switch_sigma_input, validate_inputs)
 from .common.previews import plot_loss, with_preview
 from .common.progress import NodeProgress
+from .fit_schedule import sampler_problem
 
 
 class GlanceDistillExperts(io.ComfyNode):
@@ -26,10 +29,11 @@ class GlanceDistillExperts(io.ComfyNode):
             description=(
                 "Trains a Slow and a Fast expert (two LoRAs) so that the few-step schedule lands where the model's "
                 "own fine-step sampling lands: the model (with no LoRA) samples a few images on a fine schedule, "
-                "and for each big step [s_i, s_k] of the schedule the expert learns the velocity that goes from the "
-                "fine run's x_i straight to its x_k. Needs prompts only, no image. Both experts train in one model "
-                "load and are saved into models/loras. With model_low_noise (e.g. Wan 2.2 A14B's two experts) the "
-                "teacher is the pair, the slow expert a LoRA of 'model' and the fast one of model_low_noise."
+                "sampler_name runs the schedule from the same noise, and at each big step [s_i, s_k] the expert "
+                "learns to make that sampler's step from the state it reached at s_i land on the fine run's x_k. "
+                "Needs prompts only, no image. Both experts train in one model load and are saved into models/loras. "
+                "With model_low_noise (e.g. Wan 2.2 A14B's two experts) the teacher is the pair, the slow expert a "
+                "LoRA of 'model' and the fast one of model_low_noise."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The base model (never modified); it is also the teacher."),
@@ -60,6 +64,10 @@ class GlanceDistillExperts(io.ComfyNode):
                 scheduler_input("Scheduler of the teacher's fine schedule (use the one the schedule was fitted on).",
                                 optional=True),
                 gradient_checkpointing_input(optional=True),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", optional=True,
+                               tooltip="The sampler you will sample with: the experts learn on the states that sampler "
+                                       "visits, through its own steps (multistep history included). It can model "
+                                       + ", ".join(SUPPORTED_SAMPLERS) + "."),
                 *low_noise_inputs(),
             ],
             outputs=[
@@ -74,14 +82,16 @@ class GlanceDistillExperts(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, switch_sigma=None):
-        return validate_inputs(switch_sigma)
+    def validate_inputs(cls, switch_sigma=None, sampler_name=None):
+        return validate_inputs(switch_sigma, None if sampler_name is None else sampler_problem(sampler_name))
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, latent_image, sigmas, switch_sigma, rank, learning_rate, steps,
                 rollouts, seed, save_name_slow, save_name_fast, cfg_fast=AUTO, fine_steps=50, scheduler="simple",
-                gradient_checkpointing=True, model_low_noise=None, handover_sigma=0.875) -> io.NodeOutput:
+                gradient_checkpointing=True, sampler_name="euler", model_low_noise=None,
+                handover_sigma=0.875) -> io.NodeOutput:
         validate_switch_sigma(switch_sigma)
+        check_sampler(sampler_name)
         if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1:
             raise ValueError("sigmas: expected a SIGMAS schedule (e.g. from Glance Fit Schedule).")
         prompts = check_prompts(model, positive, negative)
@@ -94,7 +104,7 @@ class GlanceDistillExperts(io.ComfyNode):
             sigmas=tuple(float(s) for s in sigmas.detach().float().cpu()), switch_sigma=switch_sigma, cfg=cfg,
             cfg_fast=cfg_fast, rank=rank, learning_rate=learning_rate, steps=steps, rollouts=rollouts, seed=seed,
             save_name_slow=save_name_slow, save_name_fast=save_name_fast, fine_steps=fine_steps, scheduler=scheduler,
-            gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing=gradient_checkpointing, sampler_name=sampler_name,
             handover_sigma=None if model_low_noise is None else float(handover_sigma))
         outcome = distill_job(model, prompts, negative, latent, inputs, loras_dir(), NodeProgress(cls), model_low_noise)
         clones = _expert_clones({"slow": model, "fast": model if model_low_noise is None else model_low_noise},

@@ -230,3 +230,67 @@ def test_fit_then_distill_run_on_flux_and_qwen(comfy, base_dir, kind):
     assert torch.isfinite(out).all() and (out.ndim == 5) == (kind == "qwen")
     meta = safetensors.safe_open(str(base_dir / "models" / "loras" / slow_name), "pt").metadata()
     assert meta["glance.base_model"] == {"flux": "FLUX.1", "qwen": "Qwen-Image"}[kind]
+
+
+class InputRecorder:
+    """Every latent the model is called on, one row per image, with its sigma (the host's APPLY_MODEL wrapper)."""
+
+    def __init__(self):
+        self.calls: list[tuple[float, torch.Tensor]] = []
+
+    def __call__(self, executor, x, t, *args, **kwargs):
+        self.calls += [(float(t[b]), x[b].detach().clone()) for b in range(x.shape[0])]
+        return executor(x, t, *args, **kwargs)
+
+    def attach(self, patcher):
+        import comfy.patcher_extension
+
+        clone = patcher.clone()
+        clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "glance-test-inputs", self)
+        return clone
+
+    def at(self, sigma: float) -> list[torch.Tensor]:
+        return [x for s, x in self.calls if abs(s - sigma) < 1e-6]
+
+
+def host_states(kit, sampler: str, sigmas, seed: int, sigma: float) -> torch.Tensor:
+    """The state the host's own ``sampler`` reaches at ``sigma`` on ``sigmas`` (base model, the noise of ``seed``)."""
+    rec = InputRecorder()
+    with torch.inference_mode():
+        select = kit["n"]["KSamplerSelect"]().get_sampler(sampler)[0]
+        kit["n"]["SamplerCustom"]().sample(rec.attach(kit["model"]), True, seed, CFG, kit["positive"], kit["negative"],
+                                           select, sigmas, {"samples": torch.zeros_like(kit["latent"]["samples"])})
+    return rec.at(sigma)[0]
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "euler"])
+def test_experts_train_on_the_states_of_their_sampler(kit, base_dir, sampler):
+    """sampler_name reaches training: the model is trained at the states the host's own sampler visits from each
+    rollout's noise (3 slow steps: the third starts where dpmpp_2m's second-order step went, not Euler's and not
+    the fine run's), and the files say which sampler."""
+    sigmas = kit["sigmas"]
+    switch = (float(sigmas[2]) + float(sigmas[3])) / 2  # 3 slow steps + 1 fast
+    rec = InputRecorder()
+    out = distill(kit, model=rec.attach(kit["model"]), sigmas=sigmas, switch_sigma=switch, rollouts=2, steps=2,
+                  sampler_name=sampler, save_name_slow=f"test/states_{sampler}_slow",
+                  save_name_fast=f"test/states_{sampler}_fast")
+    seen = rec.at(float(sigmas[2]))
+    other = "euler" if sampler == "dpmpp_2m" else "dpmpp_2m"
+    for r in range(2):
+        mine, theirs = (host_states(kit, s, sigmas, r, float(sigmas[2])) for s in (sampler, other))
+        nearest = min(float((x - mine).abs().max()) for x in seen)
+        assert nearest < 1e-4, (r, nearest)
+        assert float((mine - theirs).abs().max()) > 100 * max(nearest, 1e-6)
+        assert min(float((x - theirs).abs().max()) for x in seen) > 100 * max(nearest, 1e-6)
+    meta = safetensors.safe_open(str(base_dir / "models" / "loras" / out[2]), "pt").metadata()
+    assert meta["glance.sampler"] == sampler and "from its own state" in meta["glance.objective"]
+
+
+def test_unmodelled_sampler_is_refused_before_any_work(kit, base_dir):
+    rec = InputRecorder()
+    before = set((base_dir / "models").rglob("*.safetensors"))
+    with pytest.raises(ValueError, match=r"^sampler_name='euler_ancestral': .*euler, dpmpp_2m, res_multistep"):
+        distill(kit, model=rec.attach(kit["model"]), sampler_name="euler_ancestral")
+    assert rec.calls == [] and set((base_dir / "models").rglob("*.safetensors")) == before
+    problem = kit["n"]["GlanceDistillExperts"].validate_inputs(switch_sigma=0.5, sampler_name="uni_pc")
+    assert problem.startswith("sampler_name='uni_pc'")

@@ -66,11 +66,28 @@ def lora_terms(dm: torch.nn.Module, targets: list[tuple[str, torch.nn.Linear]], 
     """Yields {layer name: LoraPair} while each target layer's output carries its term; the hooks go on exit."""
     gen = torch.Generator().manual_seed(seed)
     pairs = {name: new_pair(layer, rank, alpha, device, gen) for name, layer in targets}
+    with _hooked(targets, pairs):
+        yield pairs
+
+
+@contextlib.contextmanager
+def fixed_terms(targets: list[tuple[str, torch.nn.Linear]], adapters: dict, rank: int, alpha: float,
+                device: torch.device):
+    """Trained terms ({layer name: (down, up)}, as ``lora_terms`` left them) on the target layers for the duration,
+    not trainable; the hooks go on exit."""
+    pairs = {name: LoraPair(down.to(device, torch.float32), up.to(device, torch.float32), alpha / rank)
+             for name, (down, up) in adapters.items()}
+    with _hooked([(name, layer) for name, layer in targets if name in pairs], pairs):
+        yield
+
+
+@contextlib.contextmanager
+def _hooked(targets: list[tuple[str, torch.nn.Linear]], pairs: dict[str, LoraPair]):
     handles = []
     try:
         for name, layer in targets:
             handles.append(layer.register_forward_hook(_hook(pairs[name])))
-        yield pairs
+        yield
     finally:
         for handle in handles:
             handle.remove()

@@ -17,6 +17,7 @@ from ..host_compat import latent_downscale
 from ..sampling.schedule_fit import fine_schedule
 from ..schedules.checks import finite
 from ..schedules.records import latent_resolution
+from ..schedules.sampler_steps import check_sampler
 from ..schedules.switch import EXPERTS, validate_switch_sigma
 from .data import check_conditioning, check_image_size, encode_latent, prepare_image
 from .distill import DistillResult, check_settings, distill_experts, expert_metadata
@@ -141,6 +142,8 @@ class DistillInputs:
     scheduler: str = "simple"
     gradient_checkpointing: bool = True
     handover_sigma: float | None = None  # with model_low_noise: where the pair hands over (None: one model)
+    sampler_name: str = "euler"  # the sampler the experts will run with
+    refresh: int = 25  # optimiser steps between two rolls of the sampler with the current expert (not a node input)
 
 
 @dataclass
@@ -165,7 +168,8 @@ def distill_settings(model, recipe: Recipe, inputs: DistillInputs) -> DistillSet
         learning_rate=float(inputs.learning_rate), seed=int(inputs.seed),
         gradient_checkpointing=inputs.gradient_checkpointing,
         handover_sigma=None if inputs.handover_sigma is None else validate_switch_sigma(inputs.handover_sigma,
-                                                                                         "handover_sigma"))
+                                                                                         "handover_sigma"),
+        sampler=inputs.sampler_name, refresh=int(inputs.refresh))
     check_settings(settings)
     return settings
 
@@ -185,6 +189,7 @@ def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: Di
     """Distil and save the slow and the fast expert of ``model`` (``prompts``: one conditioning per prompt;
     ``latent``: one empty latent in the model's layout). With ``low_noise`` (and ``inputs.handover_sigma``) the
     teacher is the pair and the fast expert trains on ``low_noise`` (training/distill.py)."""
+    check_sampler(inputs.sampler_name)
     recipe = detect_recipe(model)
     if (low_noise is None) != (inputs.handover_sigma is None):
         raise ValueError("handover_sigma: give it together with model_low_noise (and only then).")
@@ -199,8 +204,9 @@ def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: Di
                          "different names.")
     paths = {"slow": slow, "fast": fast}
     log.info("Glance distill: %s, %d prompt(s), %d rollouts, schedule %s (switch %.4f), cfg %g/%g, rank %d, lr %g, "
-             "%d steps per expert", recipe.arch, len(prompts), settings.rollouts, [round(s, 4) for s in settings.sigmas],
-             settings.switch_sigma, settings.cfg, settings.cfg_fast, settings.rank, settings.learning_rate, settings.steps)
+             "%d steps per expert, on the states %s visits", recipe.arch, len(prompts), settings.rollouts,
+             [round(s, 4) for s in settings.sigmas], settings.switch_sigma, settings.cfg, settings.cfg_fast,
+             settings.rank, settings.learning_rate, settings.steps, settings.sampler)
     if len(prompts) == 1:
         log.info("Glance distill: one prompt; the experts specialise in it and may land slightly further from the "
                  "model's fine run than the schedule alone on other prompts. For prompts in general, join several "

@@ -47,3 +47,5 @@ class DistillSettings(LoraSettings):
     cfg_fast: float
     rollouts: int
     handover_sigma: float | None = None  # with a pair of models: where they hand over (None: one model)
+    sampler: str = "euler"  # the sampler the experts will run (schedules/sampler_steps.py models its steps)
+    refresh: int = 25  # optimiser steps between two rolls of the sampler with the current expert (0: roll once)
