@@ -151,7 +151,8 @@ def least_error_path(e: torch.Tensor, steps: int, through: tuple[int, int] | Non
 # --- the student-state path: the sampler's own states, not the teacher's -------------------------------------
 
 def student_state_path(evaluate: Callable[[int, list, list], list], targets: list, sigmas, sampler: str, steps: int,
-                       through: tuple[int, int] | None = None) -> tuple[float, list[int], int]:
+                       through: tuple[int, int] | None = None,
+                       window: list[tuple[int, int]] | None = None) -> tuple[float, list[int], int]:
     """The path 0 -> N of ``steps`` steps of ``sampler`` whose OWN states stay closest to the teacher's (as OSS
     does): after j steps the best way to each point k is kept with the state the sampler would carry there (x and
     the previous denoised), and step j + 1 continues from those states; each candidate is judged by the mean
@@ -159,7 +160,9 @@ def student_state_path(evaluate: Callable[[int, list, list], list], targets: lis
 
     ``targets``: per batch of rollouts, the teacher's states X [R_b, N+1, ...] (the sampler's start is X[:, 0]).
     ``evaluate(b, xs, ss)``: the guided model's denoised prediction for batch b at each state xs[m] [R_b, ...] and
-    sigma ss[m]. Returns (end error, points, model evaluations of one image)."""
+    sigma ss[m]. ``window``: per step j (index j - 1), the points (lo, hi) the path may be at after j steps (e.g. a
+    band around a cheaper path): fewer states to evaluate. Returns (end error, points, model evaluations of one
+    image)."""
     s = [float(v) for v in sigmas]
     n = len(s) - 1
     if not 1 <= steps <= n:
@@ -171,6 +174,8 @@ def student_state_path(evaluate: Callable[[int, list, list], list], targets: lis
     err = math.inf
     for j in range(1, steps + 1):
         lo, hi = j, n - (steps - j)
+        if window is not None:
+            lo, hi = max(lo, window[j - 1][0]), min(hi, window[j - 1][1])
         if through is not None and j == through[0]:
             lo = hi = through[1]
         points = sorted(state)

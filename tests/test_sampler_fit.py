@@ -190,7 +190,40 @@ def test_a_fit_for_dpmpp_2m_beats_most_stock_schedulers_with_dpmpp_2m(demo_kit, 
 
     record = json.loads((base_dir / "models" / "glance_schedules" / "test" / "for_dpm.json").read_text())
     t = record["teacher"]
-    assert record["sampler"] == "dpmpp_2m" and t["steps"] == 40 and t["check_rollouts"] == 2
-    assert record["method"] == "student-state"
+    assert record["sampler"] == "dpmpp_2m" and t["steps"] == 40 and t["check_rollouts"] == 1
+    assert record["method"] == "refined"  # the multistep samplers: the teacher-local path, refined on the end error
+    assert 0 < t["doubled_steps_shift"] == pytest.approx(0.25 * t["halved_steps_shift"])
     assert t["converged"] == (t["doubled_steps_shift"] < 0.1 * t["fitted_end_error"])
     assert t["fitted_end_error"] < t["plain_end_error"]
+
+
+# --- the fit's cost -------------------------------------------------------------------------------------------
+
+FIT_BUDGET_PASSES = 16 * 50 * 2  # 16 single images of 50 steps at cfg > 1 (cond and uncond: two passes a step)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+def test_a_fit_at_the_defaults_costs_at_most_16_fifty_step_images(demo_kit, base_dir, sampler):
+    """Every model pass of a fit at the node's defaults (fine_steps, scheduler, rollouts, 5 + 5 steps, the check
+    included), counted from outside by an APPLY_MODEL wrapper on the model handed to the node, stays within 16
+    single 50-step images, and the schedule file reports that count. Four prompts, as the benchmark fits."""
+    import comfy.patcher_extension as pe
+
+    info = demo_kit["n"]["GlanceFitSchedule"].INPUT_TYPES()
+    defaults = {name: spec[1]["default"] for name, spec in info["required"].items()
+                if name in ("steps_slow", "steps_fast", "fine_steps", "scheduler", "rollouts")}
+    assert defaults["rollouts"] * defaults["fine_steps"] * 2 < FIT_BUDGET_PASSES  # the teacher alone leaves room
+    passes = []
+
+    def count(executor, x, *args, **kwargs):
+        passes.append(int(x.shape[0]))
+        return executor(x, *args, **kwargs)
+
+    model = demo_kit["model"].clone()
+    model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "glance-test-budget", count)
+    four = [entry for text in (demo_kit["train"], demo_kit["held_out"]) for entry in demo_kit["conds"][text]] * 2
+    fit({**demo_kit, "model": model}, positive=four, sampler_name=sampler, save_name=f"test/budget_{sampler}",
+        **defaults)
+    assert 0 < sum(passes) <= FIT_BUDGET_PASSES, (sum(passes), defaults)
+    record = json.loads((base_dir / "models" / "glance_schedules" / "test" / f"budget_{sampler}.json").read_text())
+    assert record["model_passes"] == sum(passes)
