@@ -125,7 +125,12 @@ def main(argv=None) -> None:
     ap.add_argument("--no-fitted", action="store_true", help="skip the node's fitted rows (e.g. with --variants)")
     ap.add_argument("--fit-samplers", default="euler,dpmpp_2m,res_multistep", help="samplers to fit (of --samplers)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rerender", action="store_true",
+                    help="no sampling: summarise OUT/schedules.json's table again (rows, steps for the same picture) "
+                         "and rewrite it and schedules.md")
     args = ap.parse_args(argv)
+    if args.rerender:
+        return rerender(args.out)
     torch.set_num_threads(args.threads)
     with torch.inference_mode():
         run(args, argv)
@@ -202,6 +207,15 @@ def run(args, argv) -> None:
     print(f"done in {time.time() - t_start:.0f} s")
 
 
+def rerender(out_dir: Path) -> None:
+    saved = json.loads((out_dir / "schedules.json").read_text())
+    steps_list = sorted({r["steps"] for r in saved["table"]})
+    saved.update(result_json(saved["table"], saved["reference"], steps_list))
+    (out_dir / "schedules.json").write_text(json.dumps(saved, indent=1))
+    (out_dir / "schedules.md").write_text(render(saved, steps_list))
+    print(render(saved, steps_list))
+
+
 def variants(b: Bench, args, steps_list, score) -> list[dict]:
     """The fit's alternatives, at 6 and 10 steps (those of ``steps_list``)."""
     ss = pack_module("sampling.sampler_schedule")
@@ -265,6 +279,9 @@ def result_json(table: list[dict], ref_note: str, steps_list) -> dict:
     for r in rows:
         if r["fitted"]:
             r["fitted"]["stock_steps_for_same_picture"] = steps_for_same_picture(out, r["fitted"]["pixel_psnr"])
+            if r["simple"]:  # the share of simple's squared error to the reference that the fit removes
+                gain = r["fitted"]["pixel_psnr"] - r["simple"]["pixel_psnr"]
+                r["fitted"]["gap_closed_vs_simple"] = round(1 - 10 ** (-gain / 10), 3)
     return out
 
 
@@ -276,11 +293,16 @@ def steps_for_same_picture(out: dict, value: float) -> int | None:
     return None
 
 
+def _share(fitted: dict | None) -> str:
+    closed = (fitted or {}).get("gap_closed_vs_simple")
+    return "-" if closed is None else f"{100 * closed:.0f}%"
+
+
 def render(out: dict, steps_list) -> str:
     lines = [f"# Fitted schedules against every stock choice", "", f"Reference: {out['reference']}.", ""]
     lines += ["| sampler | steps | best stock scheduler | its PSNR | simple | fitted | fitted - best stock | "
-              "best stock choice (any sampler) needs | fit cost (50-step images) |",
-              "|---|---:|---|---:|---:|---:|---:|---|---:|"]
+              "best stock choice (any sampler) needs (of the step counts measured) | fit cost (50-step images) | gap closed vs simple |",
+              "|---|---:|---|---:|---:|---:|---:|---|---:|---:|"]
     costs = {(t["sampler"], t["steps"]): t.get("fit_cost_images_50_steps") for t in out.get("table", []) if t["kind"] == "fitted"}
     for r in out["rows"]:
         f = r["fitted"]["pixel_psnr"] if r["fitted"] else None
@@ -293,7 +315,7 @@ def render(out: dict, steps_list) -> str:
         cost = costs.get((r["sampler"], r["steps"]))
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['best_stock']['scheduler']} | {r['best_stock']['pixel_psnr']:.1f} | "
                      f"{r['simple']['pixel_psnr']:.1f} | {f'{f:.1f}' if f is not None else '-'} | {gap} | {need} | "
-                     f"{cost if cost is not None else '-'} |")
+                     f"{cost if cost is not None else '-'} | {_share(r['fitted'])} |")
     lines += ["", "Best stock choice at each step count (any sampler and scheduler):", ""]
     for steps, best in out["best_stock_any"].items():
         lines.append(f"- {steps} steps: {best['sampler']} + {best['scheduler']}, {best['pixel_psnr']:.1f} dB")
