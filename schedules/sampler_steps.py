@@ -111,9 +111,11 @@ def step_errors(g: torch.Tensor, sigmas: torch.Tensor, sampler: str) -> torch.Te
     return e
 
 
-def least_error_path(e: torch.Tensor, steps: int, through: tuple[int, int] | None = None) -> tuple[float, list[int]]:
+def least_error_path(e: torch.Tensor, steps: int, through: tuple[int, int] | None = None,
+                     discount: float = 1.0) -> tuple[float, list[int]]:
     """The path 0 -> N of exactly ``steps`` steps with the least summed error ``e[h + 1, i, k]`` (the step i -> k
-    having come from h). ``through=(j, m)``: the path is at point m after exactly j steps."""
+    having come from h). ``through=(j, m)``: the path is at point m after exactly j steps. ``discount``: step j
+    (from 0) counts ``discount ** j`` times its error (GITS's coefficient: above 1 weighs the later steps more)."""
     n = e.shape[1] - 1
     if not 1 <= steps <= n:
         raise ValueError(f"a path over {n} fine steps has 1 to {n} steps, not {steps}")
@@ -122,7 +124,7 @@ def least_error_path(e: torch.Tensor, steps: int, through: tuple[int, int] | Non
     best[0, 0] = 0.0
     back = []
     for j in range(steps):
-        total = best.unsqueeze(2) + e  # [h + 1, i, k]
+        total = best.unsqueeze(2) + (e if discount == 1.0 else e * discount ** j)  # [h + 1, i, k]
         value, arg = total.min(dim=0)  # over h: [i, k]
         new = torch.full_like(best, math.inf)
         new[1:, :] = value  # the new state (previous point i, point k): row i + 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -128,6 +129,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rerender", action="store_true",
                     help="no sampling: summarise OUT/schedules.json's table again (rows, steps for the same picture) "
                          "and rewrite it and schedules.md")
+    argv = sys.argv[1:] if argv is None else argv  # the settings record the command as it was given
     args = ap.parse_args(argv)
     if args.rerender:
         return rerender(args.out)
