@@ -12,9 +12,10 @@ cli/client.py with their inputs overridden by node title:
    caption, and samples with them (Glance Phase KSampler, 5 slow + 5 fast steps);
 2. the same graph for each prompt (the trained LoRAs are cached): Glance, 10 steps;
 3. workflows/api/stock_two_sampler_baseline.json with LoRA strength 0: the base model the usual way, 10 steps
-   and 50 steps (the reference);
+   and 50 steps (the reference), and 10 steps of the best of the host's stock schedulers (each tried with Euler
+   on the held-out captions against the reference; the one with the highest mean PSNR is the row);
 4. workflows/api/glance_fit_and_distill.json from the training caption alone (no image): Glance Fit Schedule
-   picks 5 + 5 steps of the model's own 50-step schedule, Glance Distill Experts trains a Slow and a Fast expert
+   picks 5 + 5 steps of the model's own 100-step kl_optimal schedule, Glance Distill Experts trains a Slow and a Fast expert
    against the model's 50-step runs; sampled with the experts, and with the base model on the fitted schedule.
 
 Prompts: the training caption, two other captions the base model was trained on, and captions held out from
@@ -47,8 +48,10 @@ DEFAULT_WORKDIR = Path.home() / ".cache" / "comfyui-glance" / "demo"
 TRAIN_CAPTION = "red apple, food and drink"
 OTHER_TRAINING = ("grinning face, smileys and emotion", "pink heart, smileys and emotion")
 REFERENCE_STEPS, PLAIN_STEPS, GLANCE_STEPS = 50, 10, (5, 5)
-VARIANTS = ("glance", "fitted", "distilled", "plain", "reference")
+VARIANTS = ("glance", "fitted", "distilled", "plain", "reference", "best_stock")  # in the order they run
+SHOWN = ("glance", "fitted", "distilled", "plain", "best_stock", "reference")  # in the order the report lists them
 LABELS = {"real": "real emoji", "reference": f"base, {REFERENCE_STEPS} steps", "plain": f"base, {PLAIN_STEPS} steps",
+          "best_stock": f"best stock scheduler, {PLAIN_STEPS} steps",
           "glance": f"Glance, {sum(GLANCE_STEPS)} steps", "fitted": f"fitted schedule, {sum(GLANCE_STEPS)} steps",
           "distilled": f"distilled experts, {sum(GLANCE_STEPS)} steps"}
 
@@ -178,18 +181,16 @@ def _jobs(client: ComfyClient, image_path: Path, caption: str, args) -> int:
             n += 1
             print(f"{n}/{steps_total} fitting a schedule and distilling experts from the caption \"{caption}\" (no image)")
             distilled = client.run(fit, on_event=progress and progress(fit))
-        graph, seed_inputs = graphs[variant]
-        keys = (seed_inputs,) if isinstance(seed_inputs, str) else seed_inputs
         n += 1
+        if variant == "best_stock":  # after the reference, which it is judged against
+            name, scores = stock_pick = _best_stock_scheduler(client, graphs["plain"][0], prompts, files["reference"],
+                                                              args, out)
+            graphs["best_stock"] = (_scheduled(graphs["plain"][0], name), graphs["plain"][1])
+            print(f"{n}/{steps_total} best stock scheduler with Euler at {PLAIN_STEPS} steps on the held-out prompts: "
+                  f"{name} (" + ", ".join(f"{k} {v:.1f}" for k, v in sorted(scores.items(), key=lambda kv: -kv[1])) + " dB)")
+        graph, seed_inputs = graphs[variant]
         print(f"{n}/{steps_total} {LABELS[variant]}: {len(prompts)} prompts, each once untimed (text encoding) and once timed")
-        for text, _role in prompts:
-            runs = []
-            for seed in (args.seed + 1000, args.seed):  # the first run encodes the prompt: untimed
-                p = apply_overrides(graph, {"Prompt.text": text, "Save Image.filename_prefix": f"glance_demo/{variant}",
-                                            **{k: seed for k in keys}})
-                runs.append(client.run(p))
-            times[variant].append(_seconds(runs[-1]))
-            files[variant].append(client.save_outputs(runs[-1], out)[0])
+        files[variant], times[variant] = _sample_variant(client, graph, seed_inputs, prompts, variant, args, out)
     real = [emoji_png(out / f"real_{i}.png", text) if text in emoji_data.load().captions else None
             for i, (text, _role) in enumerate(prompts)]
     if args.image:
@@ -197,8 +198,50 @@ def _jobs(client: ComfyClient, image_path: Path, caption: str, args) -> int:
     psnr = {v: [_psnr(f, r) for f, r in zip(files[v], files["reference"])] for v in VARIANTS}
     picture = _grid(prompts, real, files, out / "glance_demo.png")
     cfg = next(n["inputs"]["cfg_slow"] for n in train.values() if n["class_type"] == "GlancePhaseKSampler")
-    _report(trained, distilled, times, psnr, prompts, caption, schedule, cfg, picture, slow_name, fast_name)
+    _report(trained, distilled, times, psnr, prompts, caption, schedule, cfg, picture, slow_name, fast_name, stock_pick)
     return 0
+
+
+def _sample_variant(client: ComfyClient, graph: dict, seed_inputs, prompts, variant: str, args, out: Path):
+    """Each prompt once untimed (text encoding) and once timed, with the same seed for every variant: the timed
+    runs' pictures and times."""
+    keys = (seed_inputs,) if isinstance(seed_inputs, str) else seed_inputs
+    files, times = [], []
+    for text, _role in prompts:
+        runs = []
+        for seed in (args.seed + 1000, args.seed):  # the first run encodes the prompt: untimed
+            p = apply_overrides(graph, {"Prompt.text": text, "Save Image.filename_prefix": f"glance_demo/{variant}",
+                                        **{k: seed for k in keys}})
+            runs.append(client.run(p))
+        times.append(_seconds(runs[-1]))
+        files.append(client.save_outputs(runs[-1], out)[0])
+    return files, times
+
+
+def _scheduled(stock: dict, scheduler: str) -> dict:
+    return apply_overrides(stock, {"Slow phase.scheduler": scheduler, "Fast phase.scheduler": scheduler})
+
+
+def _host_schedulers(info: dict) -> list[str]:
+    """The host's stock schedulers, as its KSamplerAdvanced offers them (either form of a combo)."""
+    spec = info["KSamplerAdvanced"]["input"]["required"]["scheduler"]
+    return list(spec[1]["options"] if spec[0] == "COMBO" else spec[0])
+
+
+def _best_stock_scheduler(client: ComfyClient, plain: dict, prompts, reference: list[Path], args, out: Path):
+    """The host's stock scheduler whose plain run (Euler, the plain steps) lands closest to the reference on the
+    held-out prompts (mean pixel PSNR, the demo's seed): (its name, every scheduler's mean)."""
+    held = [i for i, (_, role) in enumerate(prompts) if role == "held out"] or list(range(len(prompts)))
+    scores = {}
+    for name in _host_schedulers(client.object_info()):
+        graph = _scheduled(plain, name)
+        dbs = []
+        for i in held:
+            p = apply_overrides(graph, {"Prompt.text": prompts[i][0], "Save Image.filename_prefix": "glance_demo/stock_pick",
+                                        "Slow phase.noise_seed": args.seed, "Fast phase.noise_seed": args.seed})
+            dbs.append(_psnr(client.save_outputs(client.run(p), out / "stock_pick")[0], reference[i]))
+        scores[name] = statistics.mean(dbs)
+    return max(scores, key=scores.get), scores
 
 
 def _rewired(graph: dict, title: str, inputs: tuple[str, ...], source_class: str, output: int = 0) -> dict:
@@ -251,7 +294,7 @@ def _grid(prompts, real, files: dict, path: Path) -> Path:
     steps each), each 2x, labelled (two header lines)."""
     from PIL import Image, ImageDraw
 
-    cols = ["real", "reference", "plain", "glance", "fitted", "distilled"]
+    cols = ["real", "reference", "plain", "best_stock", "glance", "fitted", "distilled"]
     cell, head, label_w = 128, 32, 300
     sheet = Image.new("RGB", (label_w + cell * len(cols), head + cell * len(prompts)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -271,7 +314,8 @@ def _grid(prompts, real, files: dict, path: Path) -> Path:
     return path
 
 
-def _report(trained, distilled, times, psnr, prompts, caption, schedule, cfg, picture, slow_name, fast_name) -> None:
+def _report(trained, distilled, times, psnr, prompts, caption, schedule, cfg, picture, slow_name, fast_name,
+            stock_pick) -> None:
     held = [i for i, (_, role) in enumerate(prompts) if role == "held out"]
     seen = [i for i in range(len(prompts)) if i not in held]
 
@@ -286,14 +330,17 @@ def _report(trained, distilled, times, psnr, prompts, caption, schedule, cfg, pi
     print(f"  Glance schedule        5 slow + 5 fast steps along the model's scheduler, switch at sigma {schedule['switch']:g}")
     print(f"  fitted and distilled   from the caption alone: {_seconds(distilled):.1f} s for the fit, the two experts "
           f"and the first sampling (glance_fit_and_distill)")
+    print(f"  best stock scheduler   {stock_pick[0]}: of the host's schedulers, the closest to 50 steps with Euler at "
+          f"{PLAIN_STEPS} steps on the held-out captions (" + ", ".join(
+              f"{k} {v:.1f}" for k, v in sorted(stock_pick[1].items(), key=lambda kv: -kv[1])) + " dB)")
     print(f"  {'variant':<28} {'time per image':>15} {'PSNR to 50 steps, held out':>27} {'training captions':>18}")
-    for v in VARIANTS:
+    for v in SHOWN:
         t = statistics.median(times[v])
         db = ("(reference)",) * 2 if v == "reference" else (mean_db(psnr[v], held), mean_db(psnr[v], seen))
         print(f"  {LABELS[v]:<28} {t:>13.2f} s {db[0]:>27} {db[1]:>18}")
     ref = statistics.median(times["reference"])
     speedups = ", ".join(f"{LABELS[v].split(',')[0]} {ref / statistics.median(times[v]):.1f}x"
-                         for v in VARIANTS if v != "reference")
+                         for v in SHOWN if v != "reference")
     print(f"  speed-up vs 50 steps   {speedups} (10 steps each;")
     print(f"                         median graph execution time on the server, {len(prompts)} prompts)")
     print(f"  picture                {picture}")

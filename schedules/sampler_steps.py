@@ -111,9 +111,11 @@ def step_errors(g: torch.Tensor, sigmas: torch.Tensor, sampler: str) -> torch.Te
     return e
 
 
-def least_error_path(e: torch.Tensor, steps: int, through: tuple[int, int] | None = None) -> tuple[float, list[int]]:
+def least_error_path(e: torch.Tensor, steps: int, through: tuple[int, int] | None = None,
+                     discount: float = 1.0) -> tuple[float, list[int]]:
     """The path 0 -> N of exactly ``steps`` steps with the least summed error ``e[h + 1, i, k]`` (the step i -> k
-    having come from h). ``through=(j, m)``: the path is at point m after exactly j steps."""
+    having come from h). ``through=(j, m)``: the path is at point m after exactly j steps. ``discount``: step j
+    (from 0) counts ``discount ** j`` times its error (GITS's coefficient: above 1 weighs the later steps more)."""
     n = e.shape[1] - 1
     if not 1 <= steps <= n:
         raise ValueError(f"a path over {n} fine steps has 1 to {n} steps, not {steps}")
@@ -122,7 +124,7 @@ def least_error_path(e: torch.Tensor, steps: int, through: tuple[int, int] | Non
     best[0, 0] = 0.0
     back = []
     for j in range(steps):
-        total = best.unsqueeze(2) + e  # [h + 1, i, k]
+        total = best.unsqueeze(2) + (e if discount == 1.0 else e * discount ** j)  # [h + 1, i, k]
         value, arg = total.min(dim=0)  # over h: [i, k]
         new = torch.full_like(best, math.inf)
         new[1:, :] = value  # the new state (previous point i, point k): row i + 1
@@ -151,7 +153,8 @@ def least_error_path(e: torch.Tensor, steps: int, through: tuple[int, int] | Non
 # --- the student-state path: the sampler's own states, not the teacher's -------------------------------------
 
 def student_state_path(evaluate: Callable[[int, list, list], list], targets: list, sigmas, sampler: str, steps: int,
-                       through: tuple[int, int] | None = None) -> tuple[float, list[int], int]:
+                       through: tuple[int, int] | None = None,
+                       window: list[tuple[int, int]] | None = None) -> tuple[float, list[int], int]:
     """The path 0 -> N of ``steps`` steps of ``sampler`` whose OWN states stay closest to the teacher's (as OSS
     does): after j steps the best way to each point k is kept with the state the sampler would carry there (x and
     the previous denoised), and step j + 1 continues from those states; each candidate is judged by the mean
@@ -159,7 +162,9 @@ def student_state_path(evaluate: Callable[[int, list, list], list], targets: lis
 
     ``targets``: per batch of rollouts, the teacher's states X [R_b, N+1, ...] (the sampler's start is X[:, 0]).
     ``evaluate(b, xs, ss)``: the guided model's denoised prediction for batch b at each state xs[m] [R_b, ...] and
-    sigma ss[m]. Returns (end error, points, model evaluations of one image)."""
+    sigma ss[m]. ``window``: per step j (index j - 1), the points (lo, hi) the path may be at after j steps (e.g. a
+    band around a cheaper path): fewer states to evaluate. Returns (end error, points, model evaluations of one
+    image)."""
     s = [float(v) for v in sigmas]
     n = len(s) - 1
     if not 1 <= steps <= n:
@@ -171,6 +176,8 @@ def student_state_path(evaluate: Callable[[int, list, list], list], targets: lis
     err = math.inf
     for j in range(1, steps + 1):
         lo, hi = j, n - (steps - j)
+        if window is not None:
+            lo, hi = max(lo, window[j - 1][0]), min(hi, window[j - 1][1])
         if through is not None and j == through[0]:
             lo = hi = through[1]
         points = sorted(state)

@@ -52,6 +52,50 @@ def test_history_aware_path_is_the_brute_force_optimum(pack, seed):
         assert nodes[j] == m and cost == pytest.approx(want[0], rel=1e-12) and nodes == want[1]
 
 
+def test_the_discounted_path_is_the_brute_force_optimum_of_the_weighted_errors(pack):
+    """GITS's discount: step j (from 0) counts c^j times its error; c = 1 is the plain path."""
+    sf = pack("schedules.sampler_steps")
+    n, c = 7, 1.3
+    e = torch.rand((n + 2, n + 1, n + 1), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for h, i, k in itertools.product(range(-1, n + 1), range(n + 1), range(n + 1)):
+        if not h < i < k:
+            e[h + 1, i, k] = math.inf
+    best = (math.inf, None)
+    for inner in itertools.combinations(range(1, n), 3):
+        nodes = [0, *inner, n]
+        cost = sum(c ** j * float(e[h + 1, i, k])
+                   for j, (h, i, k) in enumerate(zip([-1, *nodes[:-2]], nodes[:-1], nodes[1:])))
+        best = min(best, (cost, nodes))
+    cost, nodes = sf.least_error_path(e, 4, discount=c)
+    assert nodes == best[1] and cost == pytest.approx(best[0], rel=1e-12)
+    assert sf.least_error_path(e, 4, discount=1.0) == sf.least_error_path(e, 4)
+
+
+def test_the_student_state_path_keeps_to_its_window(pack):
+    """A window as wide as the grid changes nothing; a narrow one keeps each step's point inside it and evaluates
+    the model at fewer states (the fit's band around the teacher-local path)."""
+    sf = pack("schedules.sampler_steps")
+    n, steps = 12, 4
+    sigmas = torch.linspace(1, 0, n + 1, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(5)
+    targets = [torch.randn((2, n + 1, 3), generator=gen, dtype=torch.float64)]
+    calls = []
+
+    def evaluate(b, xs, ss):
+        calls.append(len(xs))
+        return [0.7 * x + 0.1 * s for x, s in zip(xs, ss)]
+
+    free = sf.student_state_path(evaluate, targets, sigmas, "euler", steps)
+    evaluated_free = sum(calls)
+    calls.clear()
+    assert sf.student_state_path(evaluate, targets, sigmas, "euler", steps, window=[(-5, n + 5)] * steps)[:2] == free[:2]
+    calls.clear()
+    window = [(2, 4), (5, 7), (8, 10), (n, n)]
+    _, nodes, _ = sf.student_state_path(evaluate, targets, sigmas, "euler", steps, window=window)
+    assert all(lo <= k <= hi for k, (lo, hi) in zip(nodes[1:], window)) and nodes[-1] == n
+    assert sum(calls) < evaluated_free
+
+
 def test_step_errors_from_the_gram_matrix_are_the_direct_ones(pack):
     sf, schedule_fit = pack("schedules.sampler_steps"), pack("schedules.search")
     gen = torch.Generator().manual_seed(3)
@@ -190,7 +234,40 @@ def test_a_fit_for_dpmpp_2m_beats_most_stock_schedulers_with_dpmpp_2m(demo_kit, 
 
     record = json.loads((base_dir / "models" / "glance_schedules" / "test" / "for_dpm.json").read_text())
     t = record["teacher"]
-    assert record["sampler"] == "dpmpp_2m" and t["steps"] == 40 and t["check_rollouts"] == 2
-    assert record["method"] == "student-state"
+    assert record["sampler"] == "dpmpp_2m" and t["steps"] == 40 and t["check_rollouts"] == 1
+    assert record["method"] == "refined"  # the multistep samplers: the teacher-local path, refined on the end error
+    assert 0 < t["doubled_steps_shift"] == pytest.approx(0.25 * t["halved_steps_shift"])
     assert t["converged"] == (t["doubled_steps_shift"] < 0.1 * t["fitted_end_error"])
     assert t["fitted_end_error"] < t["plain_end_error"]
+
+
+# --- the fit's cost -------------------------------------------------------------------------------------------
+
+FIT_BUDGET_PASSES = 16 * 50 * 2  # 16 single images of 50 steps at cfg > 1 (cond and uncond: two passes a step)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+def test_a_fit_at_the_defaults_costs_at_most_16_fifty_step_images(demo_kit, base_dir, sampler):
+    """Every model pass of a fit at the node's defaults (fine_steps, scheduler, rollouts, 5 + 5 steps, the check
+    included), counted from outside by an APPLY_MODEL wrapper on the model handed to the node, stays within 16
+    single 50-step images, and the schedule file reports that count. Four prompts, as the benchmark fits."""
+    import comfy.patcher_extension as pe
+
+    info = demo_kit["n"]["GlanceFitSchedule"].INPUT_TYPES()
+    defaults = {name: spec[1]["default"] for name, spec in info["required"].items()
+                if name in ("steps_slow", "steps_fast", "fine_steps", "scheduler", "rollouts")}
+    assert defaults["rollouts"] * defaults["fine_steps"] * 2 < FIT_BUDGET_PASSES  # the teacher alone leaves room
+    passes = []
+
+    def count(executor, x, *args, **kwargs):
+        passes.append(int(x.shape[0]))
+        return executor(x, *args, **kwargs)
+
+    model = demo_kit["model"].clone()
+    model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "glance-test-budget", count)
+    four = [entry for text in (demo_kit["train"], demo_kit["held_out"]) for entry in demo_kit["conds"][text]] * 2
+    fit({**demo_kit, "model": model}, positive=four, sampler_name=sampler, save_name=f"test/budget_{sampler}",
+        **defaults)
+    assert 0 < sum(passes) <= FIT_BUDGET_PASSES, (sum(passes), defaults)
+    record = json.loads((base_dir / "models" / "glance_schedules" / "test" / f"budget_{sampler}.json").read_text())
+    assert record["model_passes"] == sum(passes)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -87,15 +88,18 @@ class Bench:
             out.append(r[0]["samples"].float())
         return torch.cat(out)
 
-    def fit_node(self, sampler: str, steps: int, fine_steps: int, positive) -> tuple[torch.Tensor, dict, float]:
-        """Glance Fit Schedule (the switch placed by the fit); its sigmas, its saved record, seconds."""
+    def fit_node(self, sampler: str, steps: int, fine_steps: int | None, positive) -> tuple[torch.Tensor, dict, float]:
+        """Glance Fit Schedule (the switch placed by the fit; the fine schedule the node's default unless
+        ``fine_steps``); its sigmas, its saved record, seconds."""
         slow = steps // 2
         name = f"bench/{sampler}_{steps}_{time.time_ns()}"
+        node = pack_module("nodes.fit_schedule")
         t0 = time.perf_counter()
         sigmas = self.N["GlanceFitSchedule"].execute(
             model=self.model, positive=positive, negative=self.negative, cfg=self.cfg, latent_image=self.latent(1),
-            steps_slow=slow, steps_fast=steps - slow, fine_steps=fine_steps, scheduler="simple",
-            rollouts=len(positive), seed=0, switch_sigma=0.0, save_name=name, sampler_name=sampler).args[0]
+            steps_slow=slow, steps_fast=steps - slow, fine_steps=fine_steps or node.FINE_STEPS,
+            scheduler=node.SCHEDULER, rollouts=len(positive), seed=0, switch_sigma=0.0, save_name=name,
+            sampler_name=sampler).args[0]
         seconds = time.perf_counter() - t0
         import folder_paths
 
@@ -113,7 +117,7 @@ def main(argv=None) -> None:
     ap.add_argument("--captions", type=int, default=12, help="held-out captions")
     ap.add_argument("--seeds", type=int, default=2, help="seeds per held-out caption")
     ap.add_argument("--fit-captions", type=int, default=8, help="training captions the fits learn from (one rollout each)")
-    ap.add_argument("--fine-steps", type=int, default=50, help="the fit's teacher steps")
+    ap.add_argument("--fine-steps", type=int, default=None, help="the fit's teacher steps (default: the node's)")
     ap.add_argument("--reference-steps", type=int, default=400, help="steps of the converged reference")
     ap.add_argument("--cfg", type=float, default=5.0)
     ap.add_argument("--steps", default=",".join(map(str, STEPS)))
@@ -122,7 +126,13 @@ def main(argv=None) -> None:
     ap.add_argument("--no-fitted", action="store_true", help="skip the node's fitted rows (e.g. with --variants)")
     ap.add_argument("--fit-samplers", default="euler,dpmpp_2m,res_multistep", help="samplers to fit (of --samplers)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rerender", action="store_true",
+                    help="no sampling: summarise OUT/schedules.json's table again (rows, steps for the same picture) "
+                         "and rewrite it and schedules.md")
+    argv = sys.argv[1:] if argv is None else argv  # the settings record the command as it was given
     args = ap.parse_args(argv)
+    if args.rerender:
+        return rerender(args.out)
     torch.set_num_threads(args.threads)
     with torch.inference_mode():
         run(args, argv)
@@ -171,11 +181,14 @@ def run(args, argv) -> None:
             sigmas, record, seconds = b.fit_node(sampler, steps, args.fine_steps, many)
             value = score(b.custom(sampler, sigmas))
             fits[(sampler, steps)] = record
+            images = record["model_passes"] / (2 * 50)  # cfg > 1: cond and uncond, two passes a step
             table.append(dict(sampler=sampler, steps=steps, schedule="fitted", kind="fitted", pixel_psnr=value,
                               sigmas=[round(float(s), 4) for s in sigmas], fit_seconds=round(seconds, 2),
-                              model_passes=record["model_passes"], teacher=record["teacher"], method=record["method"]))
-            print(f"fitted {sampler} {steps}: {value} dB, {record['model_passes']} passes, {seconds:.1f} s, teacher "
-                  f"converged {record['teacher']['converged']} ({time.time() - t_start:.0f} s)", flush=True)
+                              model_passes=record["model_passes"], fit_cost_images_50_steps=round(images, 2),
+                              teacher=record["teacher"], method=record["method"]))
+            print(f"fitted {sampler} {steps}: {value} dB, {record['model_passes']} passes ({images:.1f} 50-step "
+                  f"images), {seconds:.1f} s, teacher converged {record['teacher']['converged']} "
+                  f"({time.time() - t_start:.0f} s)", flush=True)
 
     if args.variants:
         table += variants(b, args, steps_list, score)
@@ -183,7 +196,9 @@ def run(args, argv) -> None:
     out = result_json(table, ref_note, steps_list)
     out.update(notes=[model_type_note, f"euler 50 steps of simple: {euler50:.1f} dB from the reference"],
                settings=dict(held_out_captions=b.held_captions, seeds_per_caption=args.seeds,
-                             fit_captions=b.train_captions, fine_steps=args.fine_steps, cfg=args.cfg,
+                             fit_captions=b.train_captions,
+                             fine_steps=args.fine_steps or pack_module("nodes.fit_schedule").FINE_STEPS,
+                             fine_scheduler=pack_module("nodes.fit_schedule").SCHEDULER, cfg=args.cfg,
                              reference_steps=args.reference_steps, threads=args.threads,
                              command="python -m benchmarks.repro.schedules " + " ".join(argv or [])),
                seconds=round(time.time() - t_start, 1), table=table)
@@ -194,10 +209,20 @@ def run(args, argv) -> None:
     print(f"done in {time.time() - t_start:.0f} s")
 
 
+def rerender(out_dir: Path) -> None:
+    saved = json.loads((out_dir / "schedules.json").read_text())
+    steps_list = sorted({r["steps"] for r in saved["table"]})
+    saved.update(result_json(saved["table"], saved["reference"], steps_list))
+    (out_dir / "schedules.json").write_text(json.dumps(saved, indent=1))
+    (out_dir / "schedules.md").write_text(render(saved, steps_list))
+    print(render(saved, steps_list))
+
+
 def variants(b: Bench, args, steps_list, score) -> list[dict]:
     """The fit's alternatives, at 6 and 10 steps (those of ``steps_list``)."""
     ss = pack_module("sampling.sampler_schedule")
     schedule_fit = pack_module("sampling.schedule_fit")
+    node = pack_module("nodes.fit_schedule")
     rows = []
     many = combine(b.train_conds)
     model = b.model
@@ -207,16 +232,17 @@ def variants(b: Bench, args, steps_list, score) -> list[dict]:
         slow = steps // 2
         for sampler in ("euler", "dpmpp_2m"):
             cases = [
-                ("teacher-local path, 8 captions", dict(method=ss.TEACHER_LOCAL), prompts_many),
-                ("student-state path, 8 captions", dict(method=ss.STUDENT_STATE), prompts_many),
-                ("teacher-local path refined on the end error, 8 captions", dict(method=ss.REFINED), prompts_many),
+                (f"teacher-local path, {len(prompts_many)} captions", dict(method=ss.TEACHER_LOCAL), prompts_many),
+                (f"student-state path, {len(prompts_many)} captions", dict(method=ss.STUDENT_STATE), prompts_many),
+                (f"teacher-local path refined on the end error, {len(prompts_many)} captions", dict(method=ss.REFINED), prompts_many),
                 ("default path, 1 caption", {}, prompts_many[:1]),
-                ("default path, 8 captions, Euler-50 teacher", dict(teacher_sampler="euler"), prompts_many),
+                (f"default path, {len(prompts_many)} captions, Euler teacher", dict(teacher_sampler="euler"), prompts_many),
             ]
             for label, options, prompts in cases:
                 settings = schedule_fit.FitSettings(cfg=b.cfg, steps_slow=slow, steps_fast=steps - slow,
-                                                    fine_steps=args.fine_steps, scheduler="simple",
-                                                    rollouts=len(prompts) if len(prompts) > 1 else 8, seed=0)
+                                                    fine_steps=args.fine_steps or node.FINE_STEPS,
+                                                    scheduler=node.SCHEDULER,
+                                                    rollouts=len(prompts) if len(prompts) > 1 else 4, seed=0)
                 t0 = time.perf_counter()
                 result = ss.fit_for_sampler(model, prompts, b.negative, latent, settings, sampler, check_rollouts=0,
                                             **options)
@@ -251,7 +277,14 @@ def result_json(table: list[dict], ref_note: str, steps_list) -> dict:
         if stock:
             best = max(stock, key=lambda r: r["pixel_psnr"])
             best_any[str(steps)] = {"sampler": best["sampler"], "scheduler": best["schedule"], "pixel_psnr": best["pixel_psnr"]}
-    return {"reference": ref_note, "rows": rows, "best_stock_any": best_any}
+    out = {"reference": ref_note, "rows": rows, "best_stock_any": best_any}
+    for r in rows:
+        if r["fitted"]:
+            r["fitted"]["stock_steps_for_same_picture"] = steps_for_same_picture(out, r["fitted"]["pixel_psnr"])
+            if r["simple"]:  # the share of simple's squared error to the reference that the fit removes
+                gain = r["fitted"]["pixel_psnr"] - r["simple"]["pixel_psnr"]
+                r["fitted"]["gap_closed_vs_simple"] = round(1 - 10 ** (-gain / 10), 3)
+    return out
 
 
 def steps_for_same_picture(out: dict, value: float) -> int | None:
@@ -262,15 +295,29 @@ def steps_for_same_picture(out: dict, value: float) -> int | None:
     return None
 
 
+def _share(fitted: dict | None) -> str:
+    closed = (fitted or {}).get("gap_closed_vs_simple")
+    return "-" if closed is None else f"{100 * closed:.0f}%"
+
+
 def render(out: dict, steps_list) -> str:
     lines = [f"# Fitted schedules against every stock choice", "", f"Reference: {out['reference']}.", ""]
-    lines += ["| sampler | steps | best stock scheduler | its PSNR | simple | fitted | fitted - best stock |",
-              "|---|---:|---|---:|---:|---:|---:|"]
+    lines += ["| sampler | steps | best stock scheduler | its PSNR | simple | fitted | fitted - best stock | "
+              "best stock choice (any sampler) needs (of the step counts measured) | fit cost (50-step images) | gap closed vs simple |",
+              "|---|---:|---|---:|---:|---:|---:|---|---:|---:|"]
+    costs = {(t["sampler"], t["steps"]): t.get("fit_cost_images_50_steps") for t in out.get("table", []) if t["kind"] == "fitted"}
     for r in out["rows"]:
         f = r["fitted"]["pixel_psnr"] if r["fitted"] else None
         gap = f"{f - r['best_stock']['pixel_psnr']:+.1f}" if f is not None else "-"
+        need = "-"
+        if f is not None:
+            same = r["fitted"].get("stock_steps_for_same_picture")
+            top = max(int(k) for k in out["best_stock_any"])
+            need = f"{same} steps" if same is not None else f"more than {top} steps"
+        cost = costs.get((r["sampler"], r["steps"]))
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['best_stock']['scheduler']} | {r['best_stock']['pixel_psnr']:.1f} | "
-                     f"{r['simple']['pixel_psnr']:.1f} | {f'{f:.1f}' if f is not None else '-'} | {gap} |")
+                     f"{r['simple']['pixel_psnr']:.1f} | {f'{f:.1f}' if f is not None else '-'} | {gap} | {need} | "
+                     f"{cost if cost is not None else '-'} | {_share(r['fitted'])} |")
     lines += ["", "Best stock choice at each step count (any sampler and scheduler):", ""]
     for steps, best in out["best_stock_any"].items():
         lines.append(f"- {steps} steps: {best['sampler']} + {best['scheduler']}, {best['pixel_psnr']:.1f} dB")

@@ -57,8 +57,8 @@ def seed_input(tooltip: str, control_after_generate: bool | None = None):
                         tooltip=tooltip)
 
 
-def scheduler_input(tooltip: str, optional: bool = False):
-    return io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple", optional=optional,
+def scheduler_input(tooltip: str, optional: bool = False, default: str = "simple"):
+    return io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default=default, optional=optional,
                           tooltip=tooltip)
 
 
