@@ -1,22 +1,20 @@
 """GlanceDistillExperts: the Slow and the Fast expert distilled from the model's own fine-step sampling (prompts only)."""
 from __future__ import annotations
 
-import comfy.samplers
 import torch
 from comfy_api.latest import io
 
 from ..sampling.forward_experts import forward_expert_clones
 from ..sampling.lora_patches import lora_patches
-from ..schedules.sampler_steps import SUPPORTED_SAMPLERS, check_sampler
+from ..schedules.sampler_steps import check_sampler
 from ..schedules.switch import EXPERTS, validate_switch_sigma
 from ..training.job import DistillInputs, distill_job
 from .common.folders import loras_dir
 from .common.inputs import (AUTO, cfg_input, check_latent_fits, check_prompts, gradient_checkpointing_input,
-                            low_noise_inputs, rank_input, scheduler_input, seed_input, single_empty_latent,
+                            low_noise_inputs, rank_input, sampler_input, sampler_problem, scheduler_input, seed_input, single_empty_latent,
                             size_latent_input, switch_sigma_input, validate_inputs)
 from .common.previews import plot_loss, with_preview
 from .common.progress import NodeProgress
-from .fit_schedule import sampler_problem
 
 
 class GlanceDistillExperts(io.ComfyNode):
@@ -64,10 +62,8 @@ class GlanceDistillExperts(io.ComfyNode):
                 scheduler_input("Scheduler of the teacher's fine schedule (use the one the schedule was fitted on).",
                                 optional=True),
                 gradient_checkpointing_input(optional=True),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", optional=True,
-                               tooltip="The sampler you will sample with: the experts learn on the states that sampler "
-                                       "visits, through its own steps (multistep history included). It can model "
-                                       + ", ".join(SUPPORTED_SAMPLERS) + "."),
+                sampler_input("the experts learn on the states that sampler visits, through its own steps "
+                              "(multistep history included)."),
                 *low_noise_inputs(),
             ],
             outputs=[
@@ -83,7 +79,7 @@ class GlanceDistillExperts(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, switch_sigma=None, sampler_name=None):
-        return validate_inputs(switch_sigma, None if sampler_name is None else sampler_problem(sampler_name))
+        return validate_inputs(switch_sigma, sampler_problem(sampler_name))
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, latent_image, sigmas, switch_sigma, rank, learning_rate, steps,

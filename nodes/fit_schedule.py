@@ -1,16 +1,15 @@
 """GlanceFitSchedule: a few-step schedule fitted to the user's model from its own fine-step sampling."""
 from __future__ import annotations
 
-import comfy.samplers
 from comfy_api.latest import io
 
 from ..sampling.sampler_schedule import fit_and_save
 from ..sampling.schedule_fit import FitSettings
-from ..schedules.sampler_steps import SUPPORTED_SAMPLERS, check_sampler
+from ..schedules.sampler_steps import check_sampler
 from ..schedules.switch import validate_switch_sigma
 from .common.folders import schedules_dir
-from .common.inputs import (AUTO_SWITCH, cfg_input, check_latent_fits, check_prompts, low_noise_inputs, scheduler_input,
-                            seed_input, single_empty_latent, size_latent_input, switch_sigma_input, validate_inputs)
+from .common.inputs import (AUTO_SWITCH, cfg_input, check_latent_fits, check_prompts, low_noise_inputs, sampler_input,
+                            sampler_problem, scheduler_input, seed_input, single_empty_latent, size_latent_input, switch_sigma_input, validate_inputs)
 from .common.previews import plot_sigmas, with_preview
 from .common.progress import NodeProgress
 
@@ -59,9 +58,7 @@ class GlanceFitSchedule(io.ComfyNode):
                 io.String.Input("save_name", default="", optional=True,
                                 tooltip="File name in models/glance_schedules (subfolders allowed, .json added; an existing "
                                         "file of that name is replaced). Empty: named after the model, size, cfg and steps."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", optional=True,
-                               tooltip="The sampler you will sample with: the fit minimises that sampler's own error, "
-                                       "multistep history included. It can model " + ", ".join(SUPPORTED_SAMPLERS) + "."),
+                sampler_input("the fit minimises that sampler's own error, multistep history included."),
                 *low_noise_inputs(),
             ],
             outputs=[
@@ -75,7 +72,7 @@ class GlanceFitSchedule(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, switch_sigma=None, sampler_name=None):
-        return validate_inputs(switch_sigma, None if sampler_name is None else sampler_problem(sampler_name))
+        return validate_inputs(switch_sigma, sampler_problem(sampler_name))
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, latent_image, steps_slow, steps_fast, fine_steps, scheduler,
@@ -101,14 +98,6 @@ class GlanceFitSchedule(io.ComfyNode):
         plot = plot_sigmas(fit.sigmas, fit.switch_sigma, title, reference=fit.plain_sigmas,
                            reference_label=f"plain {settings.scheduler}")
         return with_preview(cls, fit.sigmas, fit.switch_sigma, plot, image=plot)
-
-
-def sampler_problem(sampler_name: str) -> str | None:
-    try:
-        check_sampler(sampler_name)
-    except ValueError as e:
-        return str(e)
-    return None
 
 
 def _pair_switch(switch_sigma: float, handover_sigma: float) -> float:

@@ -32,7 +32,7 @@ import torch
 from ..host_compat import latent_downscale
 from ..schedules import files, sampler_steps
 from ..schedules.records import latent_resolution, model_identity, schedule_record
-from ..schedules.search import on_grid
+from ..schedules.grid import on_grid
 from ..schedules.switch import switch_between
 from . import schedule_fit, teacher
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import comfy.samplers
 import torch
 
-from ..schedules.search import nearest_node
+from ..schedules.grid import nearest_node
 
 
 @dataclass

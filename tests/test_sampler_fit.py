@@ -97,7 +97,7 @@ def test_the_student_state_path_keeps_to_its_window(pack):
 
 
 def test_step_errors_from_the_gram_matrix_are_the_direct_ones(pack):
-    sf, schedule_fit = pack("schedules.sampler_steps"), pack("schedules.search")
+    sf = pack("schedules.sampler_steps")
     gen = torch.Generator().manual_seed(3)
     sigmas = torch.tensor([1.0, 0.9, 0.7, 0.45, 0.2, 0.05, 0.0])
     n = len(sigmas) - 1
@@ -111,9 +111,12 @@ def test_step_errors_from_the_gram_matrix_are_the_direct_ones(pack):
             if h is not None:
                 direct = direct + co * d[h].double()
             assert float(e[0 if h is None else h + 1, i, k]) == pytest.approx(float((direct ** 2).mean()), rel=1e-9, abs=1e-12)
-    # Euler's steps do not depend on the history, and are the local Euler errors of the teacher-local fit
+    # Euler's steps do not depend on the history: the local Euler error of a big step i -> k along the velocity at i
     v = (x[:-1] - d) / sigmas[:-1].view(-1, 1, 1, 1)
-    local = schedule_fit.local_errors(x, v, sigmas)
+    local = torch.full((n + 1, n + 1), math.inf, dtype=torch.float64)
+    for i in range(n):
+        for k in range(i + 1, n + 1):
+            local[i, k] = float(((x[i].double() + float(sigmas[k] - sigmas[i]) * v[i].double() - x[k].double()) ** 2).mean())
     e = sf.step_errors(g, sigmas, "euler")
     upper = torch.triu(torch.ones(n + 1, n + 1, dtype=torch.bool), 1)
     assert torch.allclose(e[0][upper], local[upper], rtol=1e-6, atol=1e-9)

@@ -48,11 +48,16 @@ VARIANTS = {  # label: (refresh, learning rate: None = --learning-rate)
 DEFAULT_VARIANTS = list(VARIANTS)[:2]
 
 
+def fine_scheduler() -> str:
+    """The fit's default teacher grid (nodes/fit_schedule.py): the fits and the experts' teacher use it."""
+    return pack_module("nodes.fit_schedule").SCHEDULER
+
+
 def fit(b: Bench, sampler: str, steps: int, fine_steps: int, positive) -> tuple[torch.Tensor, float]:
     slow = steps // 2
     sigmas, switch, _ = b.N["GlanceFitSchedule"].execute(
         model=b.model, positive=positive, negative=b.negative, cfg=b.cfg, latent_image=b.latent(1), steps_slow=slow,
-        steps_fast=steps - slow, fine_steps=fine_steps, scheduler="simple", rollouts=len(positive), seed=0,
+        steps_fast=steps - slow, fine_steps=fine_steps, scheduler=fine_scheduler(), rollouts=len(positive), seed=0,
         switch_sigma=0.0, save_name=f"bench/sd_{sampler}_{steps}_{uuid.uuid4().hex[:6]}", sampler_name=sampler).args
     return sigmas, float(switch)
 
@@ -64,7 +69,7 @@ def distill(b: Bench, args, prompts: list, sigmas, switch: float, sampler: str, 
     inputs = job.DistillInputs(
         sigmas=tuple(float(s) for s in sigmas), switch_sigma=switch, cfg=b.cfg, steps=args.distill_steps,
         rollouts=args.rollouts, seed=0, save_name_slow=f"bench/sd_{tag}_slow", save_name_fast=f"bench/sd_{tag}_fast",
-        fine_steps=args.teacher_steps or args.fine_steps, sampler_name=sampler, refresh=refresh,
+        fine_steps=args.teacher_steps or args.fine_steps, scheduler=fine_scheduler(), sampler_name=sampler, refresh=refresh,
         learning_rate=learning_rate)
     import folder_paths
 
@@ -88,7 +93,7 @@ def reused_fits(b: Bench, path: Path, fine_steps: int) -> dict:
     """The fitted schedules of an earlier run's json (its sigmas, rounded there, put back on the fine grid)."""
     import comfy.samplers
 
-    fine = comfy.samplers.calculate_sigmas(b.model.get_model_object("model_sampling"), "simple", fine_steps).float()
+    fine = comfy.samplers.calculate_sigmas(b.model.get_model_object("model_sampling"), fine_scheduler(), fine_steps).float()
     out = {}
     for r in json.loads(Path(path).read_text())["rows"]:
         sigmas = torch.stack([fine[int(torch.argmin((fine - s).abs()))] for s in r["sigmas"]])
@@ -102,7 +107,8 @@ def main(argv=None) -> None:
     ap.add_argument("--captions", type=int, default=4, help="held-out captions")
     ap.add_argument("--seeds", type=int, default=2, help="seeds per held-out caption")
     ap.add_argument("--fit-captions", type=int, default=4, help="training captions the fits and experts learn from")
-    ap.add_argument("--fine-steps", type=int, default=50, help="the fit's and the teacher's fine steps")
+    ap.add_argument("--fine-steps", type=int, default=100, help="the fit's and the teacher's fine steps (the fit's "
+                    "default; both on the fit's default scheduler)")
     ap.add_argument("--teacher-steps", type=int, default=0, help="the distillation's teacher steps (0: --fine-steps)")
     ap.add_argument("--reference-steps", type=int, default=200)
     ap.add_argument("--cfg", type=float, default=5.0)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -301,7 +300,7 @@ def _share(fitted: dict | None) -> str:
 
 
 def render(out: dict, steps_list) -> str:
-    lines = [f"# Fitted schedules against every stock choice", "", f"Reference: {out['reference']}.", ""]
+    lines = ["# Fitted schedules against every stock choice", "", f"Reference: {out['reference']}.", ""]
     lines += ["| sampler | steps | best stock scheduler | its PSNR | simple | fitted | fitted - best stock | "
               "best stock choice (any sampler) needs (of the step counts measured) | fit cost (50-step images) | gap closed vs simple |",
               "|---|---:|---|---:|---:|---:|---:|---|---:|---:|"]

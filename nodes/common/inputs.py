@@ -15,6 +15,7 @@ from comfy_api.latest import io
 
 from ...host_compat import fix_empty_latent, latent_downscale
 from ...sampling.teacher import split_prompts
+from ...schedules.sampler_steps import SUPPORTED_SAMPLERS, check_sampler
 from ...schedules.switch import SWITCH_SIGMA_MAX, switch_sigma_problem
 from ...training.data import check_conditioning, check_image_size
 from ...training.recipes import detect_recipe
@@ -92,6 +93,25 @@ def gradient_checkpointing_input(optional: bool = False):
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
+
+def sampler_input(what: str) -> io.Combo.Input:
+    """The optional ``sampler_name`` of the nodes that fit for a sampler (the host's list; only the samplers
+    schedules/sampler_steps.py models are accepted, see ``sampler_problem``)."""
+    return io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", optional=True,
+                          tooltip=f"The sampler you will sample with: {what} It can model "
+                                  + ", ".join(SUPPORTED_SAMPLERS) + ".")
+
+
+def sampler_problem(sampler_name: str | None) -> str | None:
+    """Why ``sampler_name`` cannot be fitted for (the samplers it can, named), or None."""
+    if sampler_name is None:  # a linked input: checked in execute
+        return None
+    try:
+        check_sampler(sampler_name)
+    except ValueError as e:
+        return str(e)
+    return None
+
 
 def validate_inputs(switch_sigma=None, *problems: str | None) -> bool | str:
     """The body of every node's ``validate_inputs``: switch_sigma's range (NaN included; taking an input there turns
