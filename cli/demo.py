@@ -12,16 +12,18 @@ cli/client.py with their inputs overridden by node title:
    caption, and samples with them (Glance Phase KSampler, 5 slow + 5 fast steps);
 2. the same graph for each prompt (the trained LoRAs are cached): Glance, 10 steps;
 3. workflows/api/stock_two_sampler_baseline.json with LoRA strength 0: the base model the usual way, 10 steps
-   and 50 steps (the reference), and 10 steps of the best of the host's stock schedulers (each tried with Euler
-   on the held-out captions against the reference; the one with the highest mean PSNR is the row);
+   and 50 steps (the speed baseline), the converged picture (dpmpp_2m, 200 steps: the reference every PSNR is
+   measured against), and 10 steps of the best of the host's stock schedulers (each tried with Euler on the
+   held-out captions against the reference; the one with the highest mean PSNR is the row);
 4. workflows/api/glance_fit_and_distill.json from the training caption alone (no image): Glance Fit Schedule
    picks 5 + 5 steps of the model's own 100-step kl_optimal schedule, Glance Distill Experts trains a Slow and a Fast expert
-   against the model's 50-step runs; sampled with the experts, and with the base model on the fitted schedule.
+   against the model's 50-step runs, on the states Euler visits on that schedule; sampled with the experts, and with
+   the base model on the fitted schedule.
 
 Prompts: the training caption, two other captions the base model was trained on, and captions held out from
 everything (never seen by the base model or the LoRAs). Each prompt runs once untimed (text encoding) and
-once timed, with the same seed for every variant. It saves a labelled grid and prints each variant's time and
-its fidelity (PSNR to the 50-step picture). The server it started is stopped at the end, on Ctrl-C, on SIGTERM
+once timed (the converged picture once, untimed), with the same seed for every variant. It saves a labelled grid
+and prints each variant's time and its fidelity (PSNR to the converged picture). The server it started is stopped at the end, on Ctrl-C, on SIGTERM
 and on errors.
 """
 from __future__ import annotations
@@ -48,9 +50,11 @@ DEFAULT_WORKDIR = Path.home() / ".cache" / "comfyui-glance" / "demo"
 TRAIN_CAPTION = "red apple, food and drink"
 OTHER_TRAINING = ("grinning face, smileys and emotion", "pink heart, smileys and emotion")
 REFERENCE_STEPS, PLAIN_STEPS, GLANCE_STEPS = 50, 10, (5, 5)
-VARIANTS = ("glance", "fitted", "distilled", "plain", "reference", "best_stock")  # in the order they run
+CONVERGED_SAMPLER, CONVERGED_STEPS = "dpmpp_2m", 200  # 46.6 dB from 100 steps (benchmarks/repro/out/schedules.json)
+VARIANTS = ("glance", "fitted", "distilled", "plain", "reference", "converged", "best_stock")  # in the order they run
 SHOWN = ("glance", "fitted", "distilled", "plain", "best_stock", "reference")  # in the order the report lists them
 LABELS = {"real": "real emoji", "reference": f"base, {REFERENCE_STEPS} steps", "plain": f"base, {PLAIN_STEPS} steps",
+          "converged": f"converged, {CONVERGED_SAMPLER} {CONVERGED_STEPS} steps",
           "best_stock": f"best stock scheduler, {PLAIN_STEPS} steps",
           "glance": f"Glance, {sum(GLANCE_STEPS)} steps", "fitted": f"fitted schedule, {sum(GLANCE_STEPS)} steps",
           "distilled": f"distilled experts, {sum(GLANCE_STEPS)} steps"}
@@ -171,6 +175,9 @@ def _jobs(client: ComfyClient, image_path: Path, caption: str, args) -> int:
         "distilled": (fit, "Glance Phase KSampler.seed"),
         "plain": (_steps(stock, PLAIN_STEPS), ("Slow phase.noise_seed", "Fast phase.noise_seed")),
         "reference": (_steps(stock, REFERENCE_STEPS), ("Slow phase.noise_seed", "Fast phase.noise_seed")),
+        "converged": (apply_overrides(_steps(stock, CONVERGED_STEPS), {"Slow phase.sampler_name": CONVERGED_SAMPLER,
+                                                                       "Fast phase.sampler_name": CONVERGED_SAMPLER}),
+                      ("Slow phase.noise_seed", "Fast phase.noise_seed")),
     }
     prompts = choose_prompts(caption, args.held_out)
     files = {v: [] for v in VARIANTS}
@@ -182,34 +189,37 @@ def _jobs(client: ComfyClient, image_path: Path, caption: str, args) -> int:
             print(f"{n}/{steps_total} fitting a schedule and distilling experts from the caption \"{caption}\" (no image)")
             distilled = client.run(fit, on_event=progress and progress(fit))
         n += 1
-        if variant == "best_stock":  # after the reference, which it is judged against
-            name, scores = stock_pick = _best_stock_scheduler(client, graphs["plain"][0], prompts, files["reference"],
+        if variant == "best_stock":  # after the converged picture, which it is judged against
+            name, scores = stock_pick = _best_stock_scheduler(client, graphs["plain"][0], prompts, files["converged"],
                                                               args, out)
             graphs["best_stock"] = (_scheduled(graphs["plain"][0], name), graphs["plain"][1])
             print(f"{n}/{steps_total} best stock scheduler with Euler at {PLAIN_STEPS} steps on the held-out prompts: "
                   f"{name} (" + ", ".join(f"{k} {v:.1f}" for k, v in sorted(scores.items(), key=lambda kv: -kv[1])) + " dB)")
         graph, seed_inputs = graphs[variant]
-        print(f"{n}/{steps_total} {LABELS[variant]}: {len(prompts)} prompts, each once untimed (text encoding) and once timed")
-        files[variant], times[variant] = _sample_variant(client, graph, seed_inputs, prompts, variant, args, out)
+        timed = variant != "converged"
+        print(f"{n}/{steps_total} {LABELS[variant]}: {len(prompts)} prompts, " + (
+            "each once untimed (text encoding) and once timed" if timed else "each once, untimed"))
+        files[variant], times[variant] = _sample_variant(client, graph, seed_inputs, prompts, variant, args, out, timed)
     real = [emoji_png(out / f"real_{i}.png", text) if text in emoji_data.load().captions else None
             for i, (text, _role) in enumerate(prompts)]
     if args.image:
         real[0] = image_path
-    psnr = {v: [_psnr(f, r) for f, r in zip(files[v], files["reference"])] for v in VARIANTS}
+    psnr = {v: [_psnr(f, r) for f, r in zip(files[v], files["converged"])] for v in VARIANTS}
     picture = _grid(prompts, real, files, out / "glance_demo.png")
     cfg = next(n["inputs"]["cfg_slow"] for n in train.values() if n["class_type"] == "GlancePhaseKSampler")
     _report(trained, distilled, times, psnr, prompts, caption, schedule, cfg, picture, slow_name, fast_name, stock_pick)
     return 0
 
 
-def _sample_variant(client: ComfyClient, graph: dict, seed_inputs, prompts, variant: str, args, out: Path):
+def _sample_variant(client: ComfyClient, graph: dict, seed_inputs, prompts, variant: str, args, out: Path,
+                    timed: bool = True):
     """Each prompt once untimed (text encoding) and once timed, with the same seed for every variant: the timed
-    runs' pictures and times."""
+    runs' pictures and times (``timed`` False: each prompt once, the demo's seed)."""
     keys = (seed_inputs,) if isinstance(seed_inputs, str) else seed_inputs
     files, times = [], []
     for text, _role in prompts:
         runs = []
-        for seed in (args.seed + 1000, args.seed):  # the first run encodes the prompt: untimed
+        for seed in (args.seed + 1000, args.seed) if timed else (args.seed,):  # the first encodes the prompt: untimed
             p = apply_overrides(graph, {"Prompt.text": text, "Save Image.filename_prefix": f"glance_demo/{variant}",
                                         **{k: seed for k in keys}})
             runs.append(client.run(p))
@@ -290,11 +300,11 @@ def _psnr(a: Path, b: Path) -> float:
 
 
 def _grid(prompts, real, files: dict, path: Path) -> Path:
-    """One row per prompt: real emoji | 50 steps | 10 steps | Glance | fitted schedule | distilled experts (10
-    steps each), each 2x, labelled (two header lines)."""
+    """One row per prompt: real emoji | converged | 50 steps | 10 steps | best stock | Glance | fitted schedule |
+    distilled experts (10 steps each), each 2x, labelled (two header lines)."""
     from PIL import Image, ImageDraw
 
-    cols = ["real", "reference", "plain", "best_stock", "glance", "fitted", "distilled"]
+    cols = ["real", "converged", "reference", "plain", "best_stock", "glance", "fitted", "distilled"]
     cell, head, label_w = 128, 32, 300
     sheet = Image.new("RGB", (label_w + cell * len(cols), head + cell * len(prompts)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -330,14 +340,15 @@ def _report(trained, distilled, times, psnr, prompts, caption, schedule, cfg, pi
     print(f"  Glance schedule        5 slow + 5 fast steps along the model's scheduler, switch at sigma {schedule['switch']:g}")
     print(f"  fitted and distilled   from the caption alone: {_seconds(distilled):.1f} s for the fit, the two experts "
           f"and the first sampling (glance_fit_and_distill)")
-    print(f"  best stock scheduler   {stock_pick[0]}: of the host's schedulers, the closest to 50 steps with Euler at "
+    print(f"  best stock scheduler   {stock_pick[0]}: of the host's schedulers, the closest to the converged picture with Euler at "
           f"{PLAIN_STEPS} steps on the held-out captions (" + ", ".join(
               f"{k} {v:.1f}" for k, v in sorted(stock_pick[1].items(), key=lambda kv: -kv[1])) + " dB)")
-    print(f"  {'variant':<28} {'time per image':>15} {'PSNR to 50 steps, held out':>27} {'training captions':>18}")
+    print(f"  reference              the converged picture: base model, {CONVERGED_SAMPLER}, {CONVERGED_STEPS} steps")
+    print(f"  {'variant':<36} {'time per image':>15} {'PSNR to converged, held out':>28} {'training captions':>18}")
     for v in SHOWN:
         t = statistics.median(times[v])
-        db = ("(reference)",) * 2 if v == "reference" else (mean_db(psnr[v], held), mean_db(psnr[v], seen))
-        print(f"  {LABELS[v]:<28} {t:>13.2f} s {db[0]:>27} {db[1]:>18}")
+        db = (mean_db(psnr[v], held), mean_db(psnr[v], seen))
+        print(f"  {LABELS[v]:<36} {t:>13.2f} s {db[0]:>28} {db[1]:>18}")
     ref = statistics.median(times["reference"])
     speedups = ", ".join(f"{LABELS[v].split(',')[0]} {ref / statistics.median(times[v]):.1f}x"
                          for v in SHOWN if v != "reference")

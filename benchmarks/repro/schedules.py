@@ -208,10 +208,31 @@ def run(args, argv) -> None:
     print(f"done in {time.time() - t_start:.0f} s")
 
 
+NODE_DEFAULT = "node default (rolled every 25 steps)"  # sampler_distill.py's label of Glance Distill Experts' defaults
+
+
+def distilled_rows(out_dir: Path, saved: dict) -> dict:
+    """{(sampler, steps): pixel PSNR} of the distilled experts (the node's defaults) from ``sampler_distill.json``
+    beside ``schedules.json``, where that run scored the same held-out images against the same reference and
+    distilled on the same fitted schedules; else {}."""
+    path = out_dir / "sampler_distill.json"
+    if not path.is_file():
+        return {}
+    run = json.loads(path.read_text())
+    same = run["reference"] in saved["reference"] and all(
+        run["settings"].get(k) == saved["settings"].get(k)
+        for k in ("held_out_captions", "seeds_per_caption", "fit_captions", "cfg"))
+    fits = {(t["sampler"], t["steps"]): t.get("sigmas") for t in saved["table"] if t["kind"] == "fitted"}
+    return {(r["sampler"], r["steps"]): r["distilled"][NODE_DEFAULT]["pixel_psnr"] for r in run["rows"]
+            if same and NODE_DEFAULT in r["distilled"] and fits.get((r["sampler"], r["steps"])) == r["sigmas"]}
+
+
 def rerender(out_dir: Path) -> None:
+    """The summary of a saved ``schedules.json`` made again (with the distilled experts of ``sampler_distill.json``
+    where that run matches: ``distilled_rows``)."""
     saved = json.loads((out_dir / "schedules.json").read_text())
     steps_list = sorted({r["steps"] for r in saved["table"]})
-    saved.update(result_json(saved["table"], saved["reference"], steps_list))
+    saved.update(result_json(saved["table"], saved["reference"], steps_list, distilled_rows(out_dir, saved)))
     (out_dir / "schedules.json").write_text(json.dumps(saved, indent=1))
     (out_dir / "schedules.md").write_text(render(saved, steps_list))
     print(render(saved, steps_list))
@@ -254,7 +275,7 @@ def variants(b: Bench, args, steps_list, score) -> list[dict]:
     return rows
 
 
-def result_json(table: list[dict], ref_note: str, steps_list) -> dict:
+def result_json(table: list[dict], ref_note: str, steps_list, distilled: dict | None = None) -> dict:
     rows = []
     for sampler in dict.fromkeys(r["sampler"] for r in table):
         for steps in steps_list:
@@ -269,7 +290,8 @@ def result_json(table: list[dict], ref_note: str, steps_list) -> dict:
                              best_stock={"scheduler": best["schedule"], "pixel_psnr": best["pixel_psnr"]},
                              simple={"pixel_psnr": simple["pixel_psnr"]} if simple else None,
                              fitted={"pixel_psnr": fitted["pixel_psnr"]} if fitted else None,
-                             distilled=None))
+                             distilled=({"pixel_psnr": distilled[(sampler, steps)], "from": "sampler_distill.json"}
+                                        if (sampler, steps) in (distilled or {}) else None)))
     best_any = {}
     for steps in steps_list:
         stock = [r for r in table if r["kind"] == "stock" and r["steps"] == steps]
@@ -301,9 +323,9 @@ def _share(fitted: dict | None) -> str:
 
 def render(out: dict, steps_list) -> str:
     lines = ["# Fitted schedules against every stock choice", "", f"Reference: {out['reference']}.", ""]
-    lines += ["| sampler | steps | best stock scheduler | its PSNR | simple | fitted | fitted - best stock | "
+    lines += ["| sampler | steps | best stock scheduler | its PSNR | simple | fitted | distilled experts on it | fitted - best stock | "
               "best stock choice (any sampler) needs (of the step counts measured) | fit cost (50-step images) | gap closed vs simple |",
-              "|---|---:|---|---:|---:|---:|---:|---|---:|---:|"]
+              "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     costs = {(t["sampler"], t["steps"]): t.get("fit_cost_images_50_steps") for t in out.get("table", []) if t["kind"] == "fitted"}
     for r in out["rows"]:
         f = r["fitted"]["pixel_psnr"] if r["fitted"] else None
@@ -315,7 +337,8 @@ def render(out: dict, steps_list) -> str:
             need = f"{same} steps" if same is not None else f"more than {top} steps"
         cost = costs.get((r["sampler"], r["steps"]))
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['best_stock']['scheduler']} | {r['best_stock']['pixel_psnr']:.1f} | "
-                     f"{r['simple']['pixel_psnr']:.1f} | {f'{f:.1f}' if f is not None else '-'} | {gap} | {need} | "
+                     f"{r['simple']['pixel_psnr']:.1f} | {f'{f:.1f}' if f is not None else '-'} | "
+                     f"{r['distilled']['pixel_psnr'] if r['distilled'] else '-'} | {gap} | {need} | "
                      f"{cost if cost is not None else '-'} | {_share(r['fitted'])} |")
     lines += ["", "Best stock choice at each step count (any sampler and scheduler):", ""]
     for steps, best in out["best_stock_any"].items():
