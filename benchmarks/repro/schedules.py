@@ -212,24 +212,25 @@ NODE_DEFAULT = "node default (rolled every 25 steps)"  # sampler_distill.py's la
 
 
 def distilled_rows(out_dir: Path, saved: dict) -> dict:
-    """{(sampler, steps): pixel PSNR} of the distilled experts (the node's defaults) from ``sampler_distill.json``
-    beside ``schedules.json``, where that run scored the same held-out images against the same reference and
-    distilled on the same fitted schedules; else {}."""
-    path = out_dir / "sampler_distill.json"
-    if not path.is_file():
-        return {}
-    run = json.loads(path.read_text())
-    same = run["reference"] in saved["reference"] and all(
-        run["settings"].get(k) == saved["settings"].get(k)
-        for k in ("held_out_captions", "seeds_per_caption", "fit_captions", "cfg"))
+    """{(sampler, steps): pixel PSNR} of the distilled experts (the node's defaults) from the ``sampler_distill*.json``
+    runs beside ``schedules.json`` that scored the same held-out images against the same reference and distilled on
+    the same fitted schedules (runs on other fits are left out); {} where there is none."""
     fits = {(t["sampler"], t["steps"]): t.get("sigmas") for t in saved["table"] if t["kind"] == "fitted"}
-    return {(r["sampler"], r["steps"]): r["distilled"][NODE_DEFAULT]["pixel_psnr"] for r in run["rows"]
-            if same and NODE_DEFAULT in r["distilled"] and fits.get((r["sampler"], r["steps"])) == r["sigmas"]}
+    found = {}
+    for path in sorted(out_dir.glob("sampler_distill*.json")):
+        run = json.loads(path.read_text())
+        same = run["reference"] in saved["reference"] and all(
+            run["settings"].get(k) == saved["settings"].get(k)
+            for k in ("held_out_captions", "seeds_per_caption", "fit_captions", "cfg"))
+        found.update({(r["sampler"], r["steps"]): (r["distilled"][NODE_DEFAULT]["pixel_psnr"], path.name)
+                      for r in run["rows"] if same and NODE_DEFAULT in r["distilled"]
+                      and fits.get((r["sampler"], r["steps"])) == r["sigmas"]})
+    return found
 
 
 def rerender(out_dir: Path) -> None:
-    """The summary of a saved ``schedules.json`` made again (with the distilled experts of ``sampler_distill.json``
-    where that run matches: ``distilled_rows``)."""
+    """The summary of a saved ``schedules.json`` made again (with the distilled experts of the ``sampler_distill*.json``
+    runs that match it: ``distilled_rows``)."""
     saved = json.loads((out_dir / "schedules.json").read_text())
     steps_list = sorted({r["steps"] for r in saved["table"]})
     saved.update(result_json(saved["table"], saved["reference"], steps_list, distilled_rows(out_dir, saved)))
@@ -290,7 +291,8 @@ def result_json(table: list[dict], ref_note: str, steps_list, distilled: dict | 
                              best_stock={"scheduler": best["schedule"], "pixel_psnr": best["pixel_psnr"]},
                              simple={"pixel_psnr": simple["pixel_psnr"]} if simple else None,
                              fitted={"pixel_psnr": fitted["pixel_psnr"]} if fitted else None,
-                             distilled=({"pixel_psnr": distilled[(sampler, steps)], "from": "sampler_distill.json"}
+                             distilled=({"pixel_psnr": distilled[(sampler, steps)][0],
+                                         "from": distilled[(sampler, steps)][1]}
                                         if (sampler, steps) in (distilled or {}) else None)))
     best_any = {}
     for steps in steps_list:
