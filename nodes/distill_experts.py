@@ -6,11 +6,10 @@ from comfy_api.latest import io
 
 from ..sampling.forward_experts import forward_expert_clones
 from ..sampling.lora_patches import lora_patches
-from ..schedules.sampler_steps import check_sampler
 from ..schedules.switch import EXPERTS, validate_switch_sigma
 from ..training.job import DistillInputs, distill_job
 from .common.folders import loras_dir
-from .common.inputs import (AUTO, cfg_input, check_latent_fits, check_prompts, gradient_checkpointing_input,
+from .common.inputs import (AUTO, cfg_input, check_low_noise, check_prompts, gradient_checkpointing_input,
                             low_noise_inputs, rank_input, sampler_input, sampler_problem, scheduler_input, seed_input, single_empty_latent,
                             size_latent_input, switch_sigma_input, validate_inputs)
 from .common.previews import plot_loss, with_preview
@@ -87,15 +86,11 @@ class GlanceDistillExperts(io.ComfyNode):
                 gradient_checkpointing=True, sampler_name="euler", model_low_noise=None,
                 handover_sigma=0.875) -> io.NodeOutput:
         validate_switch_sigma(switch_sigma)
-        check_sampler(sampler_name)
         if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1:
             raise ValueError("sigmas: expected a SIGMAS schedule (e.g. from Glance Fit Schedule).")
         prompts = check_prompts(model, positive, negative)
         latent = single_empty_latent(model, latent_image)
-        if model_low_noise is not None:
-            validate_switch_sigma(handover_sigma, "handover_sigma")
-            check_prompts(model_low_noise, positive, negative)
-            check_latent_fits(model_low_noise, latent, "model_low_noise")
+        check_low_noise(model_low_noise, positive, negative, latent)
         inputs = DistillInputs(
             sigmas=tuple(float(s) for s in sigmas.detach().float().cpu()), switch_sigma=switch_sigma, cfg=cfg,
             cfg_fast=cfg_fast, rank=rank, learning_rate=learning_rate, steps=steps, rollouts=rollouts, seed=seed,

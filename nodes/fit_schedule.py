@@ -5,10 +5,9 @@ from comfy_api.latest import io
 
 from ..sampling.sampler_schedule import fit_and_save
 from ..sampling.schedule_fit import FitSettings
-from ..schedules.sampler_steps import check_sampler
 from ..schedules.switch import validate_switch_sigma
 from .common.folders import schedules_dir
-from .common.inputs import (AUTO_SWITCH, cfg_input, check_latent_fits, check_prompts, low_noise_inputs, sampler_input,
+from .common.inputs import (AUTO_SWITCH, cfg_input, check_low_noise, check_prompts, low_noise_inputs, sampler_input,
                             sampler_problem, scheduler_input, seed_input, single_empty_latent, size_latent_input, switch_sigma_input, validate_inputs)
 from .common.previews import plot_sigmas, with_preview
 from .common.progress import NodeProgress
@@ -79,7 +78,6 @@ class GlanceFitSchedule(io.ComfyNode):
                 rollouts, seed, switch_sigma=AUTO_SWITCH, save_name="", sampler_name="euler", model_low_noise=None,
                 handover_sigma=0.875) -> io.NodeOutput:
         switch = validate_switch_sigma(switch_sigma)
-        check_sampler(sampler_name)
         if model_low_noise is not None:
             switch = _pair_switch(switch, handover_sigma)
         settings = FitSettings(cfg=float(cfg), steps_slow=int(steps_slow), steps_fast=int(steps_fast),
@@ -87,9 +85,7 @@ class GlanceFitSchedule(io.ComfyNode):
                                switch_sigma=None if switch == AUTO_SWITCH else switch)
         prompts = check_prompts(model, positive, negative)
         latent = single_empty_latent(model, latent_image)
-        if model_low_noise is not None:
-            check_prompts(model_low_noise, positive, negative)
-            check_latent_fits(model_low_noise, latent, "model_low_noise")
+        check_low_noise(model_low_noise, positive, negative, latent)
         fit = fit_and_save(model, prompts, negative, latent, settings, schedules_dir(), save_name, sampler_name,
                            NodeProgress(cls), low_noise=model_low_noise).fit
         title = f"fitted {settings.steps_slow}+{settings.steps_fast}: error {fit.fit_error:.3g}"

@@ -17,7 +17,6 @@ from ..host_compat import latent_downscale
 from ..sampling.schedule_fit import fine_schedule
 from ..schedules.checks import finite
 from ..schedules.records import latent_resolution
-from ..schedules.sampler_steps import check_sampler
 from ..schedules.switch import EXPERTS, validate_switch_sigma
 from .data import check_conditioning, check_image_size, encode_latent, prepare_image
 from .distill import DistillResult, check_settings, distill_experts, expert_metadata
@@ -189,7 +188,6 @@ def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: Di
     """Distil and save the slow and the fast expert of ``model`` (``prompts``: one conditioning per prompt;
     ``latent``: one empty latent in the model's layout). With ``low_noise`` (and ``inputs.handover_sigma``) the
     teacher is the pair and the fast expert trains on ``low_noise`` (training/distill.py)."""
-    check_sampler(inputs.sampler_name)
     recipe = detect_recipe(model)
     if (low_noise is None) != (inputs.handover_sigma is None):
         raise ValueError("handover_sigma: give it together with model_low_noise (and only then).")

@@ -141,6 +141,13 @@ def check_latent_fits(model, latent_image, name: str) -> None:
         raise ValueError(f"latent_image has shape {tuple(latent_image.shape)}, which {name} cannot sample.")
 
 
+def check_low_noise(model_low_noise, positive, negative, latent) -> None:
+    """The pair's second model, when connected, must read the same prompts and sample the same latent as ``model``."""
+    if model_low_noise is not None:
+        check_prompts(model_low_noise, positive, negative)
+        check_latent_fits(model_low_noise, latent, "model_low_noise")
+
+
 def check_prompts(model, positive, negative) -> list:
     """The prompts (entries of ``positive``), with clear errors for conditioning that cannot drive this model."""
     for name, value in (("positive", positive), ("negative", negative)):
