@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ..sampling import teacher
 from ..sampling.forward_experts import forward_expert_clones
 from ..sampling.lora_patches import lora_patches
 from ..schedules.switch import EXPERTS, validate_switch_sigma
@@ -56,10 +57,10 @@ class GlanceDistillExperts(io.ComfyNode):
                                 tooltip="Fast expert's file name inside models/loras (.safetensors added); never overwrites."),
                 cfg_input("cfg_fast", "CFG the fast phase will sample with (1.0: the fast expert learns to need no negative "
                                       "pass); -1: same as cfg.", default=float(AUTO), low=float(AUTO), optional=True),
-                io.Int.Input("fine_steps", default=50, min=2, max=1000, optional=True,
+                io.Int.Input("fine_steps", default=teacher.FINE_STEPS, min=2, max=1000, optional=True,
                              tooltip="Steps of the teacher's schedule (its points plus every point of sigmas)."),
                 scheduler_input("Scheduler of the teacher's fine schedule (use the one the schedule was fitted on).",
-                                optional=True),
+                                default=teacher.FINE_SCHEDULER, optional=True),
                 gradient_checkpointing_input(optional=True),
                 sampler_input("the experts learn on the states that sampler visits, through its own steps "
                               "(multistep history included)."),
@@ -82,7 +83,7 @@ class GlanceDistillExperts(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, latent_image, sigmas, switch_sigma, rank, learning_rate, steps,
-                rollouts, seed, save_name_slow, save_name_fast, cfg_fast=AUTO, fine_steps=50, scheduler="simple",
+                rollouts, seed, save_name_slow, save_name_fast, cfg_fast=AUTO, fine_steps=teacher.FINE_STEPS, scheduler=teacher.FINE_SCHEDULER,
                 gradient_checkpointing=True, sampler_name="euler", model_low_noise=None,
                 handover_sigma=0.875) -> io.NodeOutput:
         validate_switch_sigma(switch_sigma)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..sampling import teacher
 from ..sampling.sampler_schedule import fit_and_save
 from ..sampling.schedule_fit import FitSettings
 from ..schedules.switch import validate_switch_sigma
@@ -13,7 +14,7 @@ from .common.previews import plot_sigmas, with_preview
 from .common.progress import NodeProgress
 
 
-FINE_STEPS, SCHEDULER, ROLLOUTS = 100, "kl_optimal", 4  # a converged teacher within 16 fifty-step images
+ROLLOUTS = 4  # with the default teacher (sampling/teacher.py), a fit within 16 fifty-step images
 
 
 class GlanceFitSchedule(io.ComfyNode):
@@ -42,11 +43,11 @@ class GlanceFitSchedule(io.ComfyNode):
                 size_latent_input(),
                 io.Int.Input("steps_slow", default=5, min=1, max=1000, tooltip="Steps of the slow (first, high-noise) phase."),
                 io.Int.Input("steps_fast", default=5, min=1, max=1000, tooltip="Steps of the fast (last, low-noise) phase."),
-                io.Int.Input("fine_steps", default=FINE_STEPS, min=2, max=1000,
+                io.Int.Input("fine_steps", default=teacher.FINE_STEPS, min=2, max=1000,
                              tooltip="Steps of the reference run (the teacher); the fitted steps are points of its schedule. "
                                      "The log and the schedule file say whether it was converged for this fit."),
                 scheduler_input("The scheduler of the fine schedule (and of the plain schedule it is compared with). "
-                                "kl_optimal: its teacher converges in fewer steps than simple's.", default=SCHEDULER),
+                                "kl_optimal: its teacher converges in fewer steps than simple's.", default=teacher.FINE_SCHEDULER),
                 io.Int.Input("rollouts", default=ROLLOUTS, min=1, max=1000,
                              tooltip="Images the model samples on the fine schedule to measure its step errors (one per "
                                      "prompt is a good start; the path follows the first 4, its refinement the first 2)."),

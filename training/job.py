@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from ..host_compat import latent_downscale
+from ..sampling import teacher
 from ..sampling.schedule_fit import fine_schedule
 from ..schedules.checks import finite
 from ..schedules.records import latent_resolution
@@ -137,8 +138,8 @@ class DistillInputs:
     seed: int = 0
     save_name_slow: str = "glance/distilled_slow"
     save_name_fast: str = "glance/distilled_fast"
-    fine_steps: int = 50
-    scheduler: str = "simple"
+    fine_steps: int = teacher.FINE_STEPS
+    scheduler: str = teacher.FINE_SCHEDULER
     gradient_checkpointing: bool = True
     handover_sigma: float | None = None  # with model_low_noise: where the pair hands over (None: one model)
     sampler_name: str = "euler"  # the sampler the experts will run with

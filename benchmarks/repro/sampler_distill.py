@@ -49,8 +49,8 @@ DEFAULT_VARIANTS = list(VARIANTS)[:2]
 
 
 def fine_scheduler() -> str:
-    """The fit's default teacher grid (nodes/fit_schedule.py): the fits and the experts' teacher use it."""
-    return pack_module("nodes.fit_schedule").SCHEDULER
+    """The default teacher grid (sampling/teacher.py): the fits and the experts' teacher use it."""
+    return pack_module("sampling.teacher").FINE_SCHEDULER
 
 
 def fit(b: Bench, sampler: str, steps: int, fine_steps: int, positive) -> tuple[torch.Tensor, float]:
