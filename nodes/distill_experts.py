@@ -49,7 +49,8 @@ class GlanceDistillExperts(io.ComfyNode):
                                        "other prompts worse; with several prompts, up to about 1e-4."),
                 io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimiser steps per expert."),
                 io.Int.Input("rollouts", default=16, min=1, max=1000,
-                             tooltip="Images the teacher samples on the fine schedule; each step trains on one segment of one of them."),
+                             tooltip="Images the teacher samples on the fine schedule; each step trains on one segment of one of them. "
+                                     "They take turns over the joined prompts: at least one per prompt."),
                 seed_input("Teacher rollout r starts from the noise of seed + r; also seeds the LoRA init and the draws."),
                 io.String.Input("save_name_slow", default="glance/distilled_slow",
                                 tooltip="Slow expert's file name inside models/loras (.safetensors added); never overwrites."),

@@ -49,8 +49,9 @@ class GlanceFitSchedule(io.ComfyNode):
                 scheduler_input("The scheduler of the fine schedule (and of the plain schedule it is compared with). "
                                 "kl_optimal: its teacher converges in fewer steps than simple's.", default=teacher.FINE_SCHEDULER),
                 io.Int.Input("rollouts", default=ROLLOUTS, min=1, max=1000,
-                             tooltip="Images the model samples on the fine schedule to measure its step errors (one per "
-                                     "prompt is a good start; the path follows the first 4, its refinement the first 2)."),
+                             tooltip="Images the model samples on the fine schedule to measure its step errors (they take "
+                                     "turns over the joined prompts: at least one per prompt; the path follows the first 4, "
+                                     "its refinement the first 2)."),
                 seed_input("Rollout r starts from the noise of seed + r (as KSampler with that seed)."),
                 switch_sigma_input("0: the fit places the switch (after steps_slow steps of the best path). Above 0: the "
                                    "slow steps stay above the fine point nearest this sigma, the fast steps below it.",

@@ -210,6 +210,7 @@ def fit_for_sampler(patcher, prompts: list, negative, latent: torch.Tensor, sett
     required then): ``patcher`` above it, ``low_noise`` below, as Glance Phase KSampler will run the schedule."""
     sampler_steps.check_sampler(sampler)
     schedule_fit.check_settings(settings)
+    teacher.check_rollouts_cover_prompts(len(prompts), settings.rollouts)
     method = method or default_method(sampler)
     if method not in (STUDENT_STATE, TEACHER_LOCAL, REFINED):
         raise ValueError(f"method={method!r}: {STUDENT_STATE}, {TEACHER_LOCAL} or {REFINED}")

@@ -26,6 +26,16 @@ COUNTER_KEY = "glance_teacher_passes"
 FINE_STEPS, FINE_SCHEDULER = 100, "kl_optimal"
 
 
+def check_rollouts_cover_prompts(prompts: int, rollouts: int) -> None:
+    """The rollouts take turns over the prompts (rollout r samples prompt r mod prompts): with fewer rollouts than
+    prompts, the last prompts would never be sampled."""
+    if rollouts < prompts:
+        raise ValueError(
+            f"rollouts={rollouts}: positive joins {prompts} prompts (Conditioning (Combine)) and the teacher's rollouts "
+            f"take turns over them, so prompts {rollouts + 1} to {prompts} would never be sampled. Set rollouts to at "
+            f"least {prompts}, or join fewer prompts.")
+
+
 @dataclass
 class Rollout:
     prompt: int  # index into the prompts the rollouts cycle through

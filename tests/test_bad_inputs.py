@@ -79,6 +79,31 @@ def test_fit_save_name_is_checked_before_fitting(demo_kit, base_dir):
     assert not list((base_dir / "models" / "glance_schedules").glob(".*json"))
 
 
+def test_fewer_rollouts_than_joined_prompts_are_refused_before_any_work(demo_kit, base_dir):
+    """The teacher's rollouts take turns over the prompts joined in positive: fewer rollouts than prompts would leave
+    the last prompts unsampled, silently. Both nodes refuse it, naming rollouts and the count needed."""
+    three = [entry for c in demo_kit["conds"].values() for entry in c]  # Conditioning (Combine) of three prompts
+    assert len(three) == 3
+    model, calls = counted(demo_kit["model"])
+    before = sorted(p for p in base_dir.rglob("*") if p.is_file())
+    message = r"^rollouts=2: positive joins 3 prompts .* Set rollouts to at least 3"
+    with pytest.raises(ValueError, match=message), torch.inference_mode():
+        demo_kit["n"]["GlanceFitSchedule"].execute(
+            model=model, positive=three, negative=demo_kit["negative"], cfg=3.0, latent_image=demo_kit["latent"],
+            steps_slow=1, steps_fast=1, fine_steps=4, scheduler="simple", rollouts=2, seed=0, switch_sigma=0.0,
+            save_name="bad_inputs/few_rollouts")
+    import comfy.samplers
+
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 6)[[0, 2, 6]]
+    with pytest.raises(ValueError, match=message), torch.inference_mode():
+        demo_kit["n"]["GlanceDistillExperts"].execute(
+            model=model, positive=three, negative=demo_kit["negative"], cfg=3.0, latent_image=demo_kit["latent"],
+            sigmas=sigmas, switch_sigma=(float(sigmas[0]) + float(sigmas[1])) / 2, rank=4, learning_rate=1e-3, steps=1,
+            rollouts=2, seed=0, save_name_slow="few/slow", save_name_fast="few/fast")
+    assert calls == []  # not one model pass
+    assert sorted(p for p in base_dir.rglob("*") if p.is_file()) == before
+
+
 # --- the distilled pair: checked before any work, saved as a unit (item 2) ----------------------------------------
 
 @pytest.fixture(scope="module")

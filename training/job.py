@@ -195,6 +195,7 @@ def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: Di
     if low_noise is not None:
         check_pair(model, low_noise, recipe)
     settings = distill_settings(model, recipe, inputs)
+    teacher.check_rollouts_cover_prompts(len(prompts), settings.rollouts)
     # Both names checked before any work; a half pair left by a cut run of these two names may be replaced.
     (slow, fast), left_over = resolve_pair({"save_name_slow": inputs.save_name_slow,
                                             "save_name_fast": inputs.save_name_fast}, loras_dir)
