@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 import torch
 
 FIT_ROLLOUTS = 8
-FINE_STEPS = 50
+
+
+def default_teacher() -> tuple[int, str]:
+    """The nodes' default fine schedule (sampling/teacher.py): (steps, scheduler)."""
+    from cli.host import pack_module
+
+    teacher = pack_module("sampling.teacher")
+    return teacher.FINE_STEPS, teacher.FINE_SCHEDULER
 
 
 @dataclass
@@ -59,13 +66,14 @@ def combine(conds: list) -> list:
 
 
 def fit(kit: Kit, steps_slow: int, steps_fast: int, positive=None, switch_sigma: float = 0.0, rollouts: int = FIT_ROLLOUTS,
-        seed: int = 0, fine_steps: int = FINE_STEPS) -> tuple[torch.Tensor, float, float]:
-    """Glance Fit Schedule; (sigmas, switch sigma, seconds)."""
+        seed: int = 0) -> tuple[torch.Tensor, float, float]:
+    """Glance Fit Schedule with its default teacher; (sigmas, switch sigma, seconds)."""
+    fine_steps, scheduler = default_teacher()
     t0 = time.perf_counter()
     sigmas, switch, _ = kit.N["GlanceFitSchedule"].execute(
         model=kit.model, positive=positive if positive is not None else kit.train_positive, negative=kit.negative,
         cfg=kit.cfg, latent_image=kit.latent, steps_slow=steps_slow, steps_fast=steps_fast, fine_steps=fine_steps,
-        scheduler="simple", rollouts=rollouts, seed=seed, switch_sigma=switch_sigma,
+        scheduler=scheduler, rollouts=rollouts, seed=seed, switch_sigma=switch_sigma,
         save_name=f"glance_repro/fit_{steps_slow}+{steps_fast}_{uuid.uuid4().hex[:6]}").args
     return sigmas, switch, time.perf_counter() - t0
 
@@ -139,12 +147,12 @@ def fitted_rows(kit: Kit, held_out: list, seeds: int, paper_switch: float, paper
 
 def time_fit(kit: Kit, repeats: int = 3) -> dict:
     """The fit's cost next to one image: medians of ``repeats`` interleaved runs of one 50-step image (the stock
-    KSampler, batch 1, Euler) and one Glance Fit Schedule (``FIT_ROLLOUTS`` rollouts x ``FINE_STEPS`` steps, 5 + 5)."""
+    KSampler, batch 1, Euler) and one Glance Fit Schedule (``FIT_ROLLOUTS`` rollouts of the default teacher, 5 + 5)."""
     one = {"samples": torch.zeros_like(kit.latent["samples"][:1])}
     t_one, t_fit = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        kit.N["KSampler"]().sample(kit.model, 0, FINE_STEPS, kit.cfg, "euler", "simple", kit.train_positive, kit.negative, one)
+        kit.N["KSampler"]().sample(kit.model, 0, 50, kit.cfg, "euler", "simple", kit.train_positive, kit.negative, one)
         t_one.append(time.perf_counter() - t0)
         t_fit.append(fit(kit, 5, 5)[2])
     one_image, one_fit = sorted(t_one)[len(t_one) // 2], sorted(t_fit)[len(t_fit) // 2]

@@ -16,7 +16,8 @@ The earlier objective (Euler steps from the teacher's states) is no longer in th
 ``out/sampler_distill.json`` was measured at commit dc6e0e5, where this module still compared it
 (``old (euler, teacher states)``, and ``teacher states, sampler's step``).
 
-Every distillation learns from the same training captions (``--distill-steps`` optimiser steps per expert,
+Every distillation learns from the same training captions (``--distill-captions``, by default the fit's;
+``--distill-steps`` optimiser steps per expert,
 ``--rollouts`` teacher rollouts, the node's learning rate), on the row's fitted schedule and switch; every row
 samples through Glance Phase KSampler with the row's sampler. Writes ``out/<--name>.json`` (default
 ``sampler_distill``) and prints a table. ``--reuse-fits out/sampler_distill.json`` takes the fitted schedules of an
@@ -39,11 +40,12 @@ from cli.host import pack_module
 from .metrics import psnr
 from .schedules import HERE, REFERENCE_SAMPLER, Bench, combine
 
-VARIANTS = {  # label: (refresh, learning rate: None = --learning-rate)
-    "rolled once": (0, None),
-    "node default (rolled every 25 steps)": (25, None),
-    "every 25 steps, lr 1e-4": (25, 1e-4),
-    "every 25 steps, lr 3e-4": (25, 3e-4),
+VARIANTS = {  # label: (refresh, learning rate: None = --learning-rate, rank: -1 = the architecture's)
+    "rolled once": (0, None, -1),
+    "node default (rolled every 25 steps)": (25, None, -1),
+    "every 25 steps, lr 1e-4": (25, 1e-4, -1),
+    "every 25 steps, lr 3e-4": (25, 3e-4, -1),
+    "every 25 steps, lr 1e-4, rank 32": (25, 1e-4, 32),
 }
 DEFAULT_VARIANTS = list(VARIANTS)[:2]
 
@@ -62,7 +64,8 @@ def fit(b: Bench, sampler: str, steps: int, fine_steps: int, positive) -> tuple[
     return sigmas, float(switch)
 
 
-def distill(b: Bench, args, prompts: list, sigmas, switch: float, sampler: str, refresh: int, learning_rate: float):
+def distill(b: Bench, args, prompts: list, sigmas, switch: float, sampler: str, refresh: int, learning_rate: float,
+            rank: int = -1):
     """The experts as Glance LoRA Loader loads their files: (model_slow, model_fast)."""
     job = pack_module("training.job")
     tag = uuid.uuid4().hex[:6]
@@ -70,7 +73,7 @@ def distill(b: Bench, args, prompts: list, sigmas, switch: float, sampler: str, 
         sigmas=tuple(float(s) for s in sigmas), switch_sigma=switch, cfg=b.cfg, steps=args.distill_steps,
         rollouts=args.rollouts, seed=0, save_name_slow=f"bench/sd_{tag}_slow", save_name_fast=f"bench/sd_{tag}_fast",
         fine_steps=args.teacher_steps or args.fine_steps, scheduler=fine_scheduler(), sampler_name=sampler, refresh=refresh,
-        learning_rate=learning_rate)
+        learning_rate=learning_rate, rank=rank)
     import folder_paths
 
     outcome = job.distill_job(b.model, prompts, b.negative, b.latent(1)["samples"], inputs,
@@ -106,7 +109,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=HERE / "out")
     ap.add_argument("--captions", type=int, default=4, help="held-out captions")
     ap.add_argument("--seeds", type=int, default=2, help="seeds per held-out caption")
-    ap.add_argument("--fit-captions", type=int, default=4, help="training captions the fits and experts learn from")
+    ap.add_argument("--fit-captions", type=int, default=4, help="training captions the fits learn from")
+    ap.add_argument("--distill-captions", type=int, default=0,
+                    help="training captions the experts learn from, one rollout each in turn (0: --fit-captions)")
     ap.add_argument("--fine-steps", type=int, default=100, help="the fit's and the teacher's fine steps (the fit's "
                     "default; both on the fit's default scheduler)")
     ap.add_argument("--teacher-steps", type=int, default=0, help="the distillation's teacher steps (0: --fine-steps)")
@@ -137,7 +142,9 @@ def run(args, argv) -> None:
         return round(psnr(b.pixels(latent), ref, 1.0), 2)
 
     many = combine(b.train_conds)
-    prompts = [[entry] for entry in many]
+    distill_captions, distill_conds = (b.training_conds(args.distill_captions) if args.distill_captions
+                                       else (b.train_captions, b.train_conds))
+    prompts = [[entry] for entry in combine(distill_conds)]
     fits = reused_fits(b, args.reuse_fits, args.fine_steps) if args.reuse_fits else {}
     rows = []
     for sampler in args.samplers.split(","):
@@ -147,9 +154,10 @@ def run(args, argv) -> None:
                        fitted=score(sample(b, b.model, b.model, sampler, sigmas, switch)), distilled={})
             print(f"{sampler} {steps}: fitted alone {row['fitted']} dB ({time.time() - t_start:.0f} s)", flush=True)
             for label in args.variants.split(";"):
-                refresh, rate = VARIANTS[label]
+                refresh, rate, rank = VARIANTS[label]
                 t0 = time.perf_counter()
-                slow, fast = distill(b, args, prompts, sigmas, switch, sampler, refresh, rate or args.learning_rate)
+                slow, fast = distill(b, args, prompts, sigmas, switch, sampler, refresh, rate or args.learning_rate,
+                                     rank)
                 value = score(sample(b, slow, fast, sampler, sigmas, switch))
                 row["distilled"][label] = dict(pixel_psnr=value, gain_db=round(value - row["fitted"], 2),
                                                seconds=round(time.perf_counter() - t0, 1))
@@ -158,7 +166,7 @@ def run(args, argv) -> None:
             rows.append(row)
     out = dict(reference=f"{REFERENCE_SAMPLER}, {args.reference_steps} steps of simple", rows=rows,
                settings=dict(held_out_captions=b.held_captions, seeds_per_caption=args.seeds,
-                             fit_captions=b.train_captions, fine_steps=args.fine_steps, cfg=args.cfg,
+                             fit_captions=b.train_captions, distill_captions=distill_captions, fine_steps=args.fine_steps, cfg=args.cfg,
                              teacher_steps=args.teacher_steps or args.fine_steps, distill_steps=args.distill_steps, rollouts=args.rollouts,
                              learning_rate=args.learning_rate, threads=1,
                              command=" ".join(["python -m benchmarks.repro.sampler_distill", *map(shlex.quote, argv)])),

@@ -55,8 +55,8 @@ class Bench:
         self.model = self.N["UNETLoader"]().load_unet(**loaders["UNETLoader"])[0]
         clip = self.N["CLIPLoader"]().load_clip(**loaders["CLIPLoader"])[0]
         self.vae = self.N["VAELoader"]().load_vae(**loaders["VAELoader"])[0]
-        encode = self.N["CLIPTextEncode"]()
-        data = emoji_data.load()
+        self.clip, self.data = clip, emoji_data.load()
+        encode, data = self.N["CLIPTextEncode"](), self.data
         self.held = spread(data.indices(held_out=True), args.captions)
         self.train = spread(data.indices(held_out=False), args.fit_captions)
         self.held_captions = [data.captions[i] for i in self.held]
@@ -66,6 +66,13 @@ class Bench:
         self.negative = encode.encode(clip, "")[0]
         self.size = model_kit.IMAGE_SIZE // 8
         self.seeds, self.cfg = args.seeds, args.cfg
+
+    def training_conds(self, n: int) -> tuple[list[str], list]:
+        """``n`` training captions spread over the training set (the first ``--fit-captions`` of them when ``n`` is
+        that count) and their conditionings."""
+        captions = [self.data.captions[i] for i in spread(self.data.indices(held_out=False), n)]
+        encode = self.N["CLIPTextEncode"]()
+        return captions, [encode.encode(self.clip, c)[0] for c in captions]
 
     def latent(self, batch: int) -> dict:
         return {"samples": torch.zeros((batch, 16, self.size, self.size))}
@@ -208,13 +215,15 @@ def run(args, argv) -> None:
     print(f"done in {time.time() - t_start:.0f} s")
 
 
-NODE_DEFAULT = "node default (rolled every 25 steps)"  # sampler_distill.py's label of Glance Distill Experts' defaults
+NOT_A_NODE_SETTING = ("rolled once",)  # sampler_distill.py's variants that the node's inputs cannot choose
 
 
 def distilled_rows(out_dir: Path, saved: dict) -> dict:
-    """{(sampler, steps): pixel PSNR} of the distilled experts (the node's defaults) from the ``sampler_distill*.json``
+    """{(sampler, steps): (pixel PSNR, "file: settings")} of the distilled experts from the ``sampler_distill*.json``
     runs beside ``schedules.json`` that scored the same held-out images against the same reference and distilled on
-    the same fitted schedules (runs on other fits are left out); {} where there is none."""
+    the same fitted schedules (runs on other fits are left out): the best of the settings measured that the node's
+    inputs can choose (training captions, rollouts, learning rate, rank), named in the source, as the best stock
+    scheduler is picked for the stock rows; {} where there is none."""
     fits = {(t["sampler"], t["steps"]): t.get("sigmas") for t in saved["table"] if t["kind"] == "fitted"}
     found = {}
     for path in sorted(out_dir.glob("sampler_distill*.json")):
@@ -222,9 +231,16 @@ def distilled_rows(out_dir: Path, saved: dict) -> dict:
         same = run["reference"] in saved["reference"] and all(
             run["settings"].get(k) == saved["settings"].get(k)
             for k in ("held_out_captions", "seeds_per_caption", "fit_captions", "cfg"))
-        found.update({(r["sampler"], r["steps"]): (r["distilled"][NODE_DEFAULT]["pixel_psnr"], path.name)
-                      for r in run["rows"] if same and NODE_DEFAULT in r["distilled"]
-                      and fits.get((r["sampler"], r["steps"])) == r["sigmas"]})
+        if not same:
+            continue
+        prompts = len(run["settings"].get("distill_captions") or run["settings"]["fit_captions"])
+        for r in run["rows"]:
+            key = (r["sampler"], r["steps"])
+            if fits.get(key) != r["sigmas"]:
+                continue
+            for label, result in r["distilled"].items():
+                if label not in NOT_A_NODE_SETTING and result["pixel_psnr"] > found.get(key, (float("-inf"), ""))[0]:
+                    found[key] = (result["pixel_psnr"], f"{path.name}: {label}, {prompts} training captions")
     return found
 
 
@@ -340,7 +356,7 @@ def render(out: dict, steps_list) -> str:
         cost = costs.get((r["sampler"], r["steps"]))
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['best_stock']['scheduler']} | {r['best_stock']['pixel_psnr']:.1f} | "
                      f"{r['simple']['pixel_psnr']:.1f} | {f'{f:.1f}' if f is not None else '-'} | "
-                     f"{r['distilled']['pixel_psnr'] if r['distilled'] else '-'} | {gap} | {need} | "
+                     f"{format(r['distilled']['pixel_psnr'], '.1f') if r['distilled'] else '-'} | {gap} | {need} | "
                      f"{cost if cost is not None else '-'} | {_share(r['fitted'])} |")
     lines += ["", "Best stock choice at each step count (any sampler and scheduler):", ""]
     for steps, best in out["best_stock_any"].items():
