@@ -84,8 +84,8 @@ class GlanceDistillExperts(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, latent_image, sigmas, switch_sigma, rank, learning_rate, steps,
-                rollouts, seed, save_name_slow, save_name_fast, cfg_fast=AUTO, fine_steps=teacher.FINE_STEPS, scheduler=teacher.FINE_SCHEDULER,
-                gradient_checkpointing=True, sampler_name="euler", model_low_noise=None,
+                rollouts, seed, save_name_slow, save_name_fast, cfg_fast=AUTO, fine_steps=teacher.FINE_STEPS,
+                scheduler=teacher.FINE_SCHEDULER, gradient_checkpointing=True, sampler_name="euler", model_low_noise=None,
                 handover_sigma=0.875) -> io.NodeOutput:
         validate_switch_sigma(switch_sigma)
         if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1:

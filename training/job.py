@@ -209,8 +209,9 @@ def distill_job(model, prompts: list, negative, latent: torch.Tensor, inputs: Di
              settings.rank, settings.learning_rate, settings.steps, settings.sampler)
     if len(prompts) == 1:
         log.info("Glance distill: one prompt; the experts specialise in it and may land slightly further from the "
-                 "model's fine run than the schedule alone on other prompts. For prompts in general, join several "
-                 "with Conditioning (Combine) and give about 100 steps per prompt.")
+                 "model's fine run than the schedule alone on other prompts. For prompts in general, join many with "
+                 "Conditioning (Combine) (32 on the demo kit: 1.2 dB closer than the schedule alone at 6 Euler steps, "
+                 "with rollouts 32, learning_rate 1e-4, rank 32, 400 steps; README).")
     result = distill_experts(model, prompts, negative, latent, settings, recipe.arch, on_progress, low_noise)
     log.info("Glance distill: teacher %d model passes; loss slow %.5g -> %.5g, fast %.5g -> %.5g",
              result.teacher_passes, *_first_last(result.losses["slow"]), *_first_last(result.losses["fast"]))

@@ -16,7 +16,9 @@ Variants (``--variants``, comma-separated):
   through all of them, the mean state MSE to the teacher at every point;
 - ``end``: as ``unroll``, the state MSE at the end of the phase only.
 
-Prints one line per variant (held-out and training PSNR, gain over the fitted schedule alone).
+``--runs "node 32 32 1e-4 32; unroll 4 16 3e-5 -1"`` runs several settings in one process instead (each: variant,
+training captions, rollouts, learning rate, rank; the references are made once). Prints one line per run (held-out
+and training PSNR, gain over the fitted schedule alone).
 """
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ def main(argv=None) -> None:
     ap.add_argument("--distill-steps", type=int, default=400)
     ap.add_argument("--learning-rate", type=float, default=3e-5)
     ap.add_argument("--rank", type=int, default=-1)
+    ap.add_argument("--runs", default="", help="'variant captions rollouts lr rank' entries, ; between (overrides the above)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     with torch.inference_mode():
@@ -102,11 +105,14 @@ def run(args) -> None:
 
     fitted = score(b.model, b.model)
     print(f"{args.sampler} {args.steps}: fitted alone {fitted} ({time.time() - t_start:.0f} s)", flush=True)
-    _, conds = b.training_conds(args.distill_captions)
-    prompts = [[entry] for entry in combine(conds)]
-    options = argparse.Namespace(distill_steps=args.distill_steps, rollouts=args.rollouts, teacher_steps=0, fine_steps=100)
+    runs = ([(v, args.distill_captions, args.rollouts, args.learning_rate, args.rank) for v in args.variants.split(",")]
+            if not args.runs else [(v, int(c), int(r), float(lr), int(k)) for v, c, r, lr, k in
+                                   (entry.split() for entry in args.runs.split(";") if entry.strip())])
     node_call, node_coefficients = distill.SegmentStep.__call__, distill.coefficients
-    for variant in args.variants.split(","):
+    for variant, captions, rollouts, learning_rate, rank in runs:
+        _, conds = b.training_conds(captions)
+        prompts = [[entry] for entry in combine(conds)]
+        options = argparse.Namespace(distill_steps=args.distill_steps, rollouts=rollouts, teacher_steps=0, fine_steps=100)
         t0 = time.time()
         if variant in ("unroll", "end"):
             distill.SegmentStep.__call__ = unrolled_loss(distill, end_only=variant == "end")
@@ -116,12 +122,11 @@ def run(args) -> None:
         elif variant != "node":
             raise SystemExit(f"unknown variant {variant!r}: node, state, unroll or end")
         try:
-            slow, fast = sd.distill(b, options, prompts, sigmas, switch, args.sampler, 25, args.learning_rate, args.rank)
+            slow, fast = sd.distill(b, options, prompts, sigmas, switch, args.sampler, 25, learning_rate, rank)
         finally:
             distill.SegmentStep.__call__, distill.coefficients = node_call, node_coefficients
         s = score(slow, fast)
-        print(f"{variant} ({args.distill_captions} captions, {args.rollouts} rollouts, rank {args.rank}, lr "
-              f"{args.learning_rate:g}): held-out {s['held-out']} ({s['held-out'] - fitted['held-out']:+.2f}), training "
+        print(f"{variant} ({captions} captions, {rollouts} rollouts, rank {rank}, lr {learning_rate:g}): held-out {s['held-out']} ({s['held-out'] - fitted['held-out']:+.2f}), training "
               f"{s['training']} ({s['training'] - fitted['training']:+.2f}); {time.time() - t0:.0f} s", flush=True)
 
 

@@ -295,7 +295,8 @@ def add_fitted_rows(b: Bench, models: dict, results: dict, args) -> dict:
     for name, r in rows.items():
         r["pixels"] = b.N["VAEDecode"]().decode(b.vae, {"samples": r["latent"]})[0].float().clamp(0, 1)
         results[name] = r
-    return dict(fit=cost, fit_rollouts=fitted.FIT_ROLLOUTS, fine_steps=fitted.default_teacher()[0], fine_scheduler=fitted.default_teacher()[1],
+    fine_steps, fine_scheduler = fitted.default_teacher()
+    return dict(fit=cost, fit_rollouts=fitted.FIT_ROLLOUTS, fine_steps=fine_steps, fine_scheduler=fine_scheduler,
                 eight_captions=[b.data.captions[i] for i in eight],
                 distill=dict(steps=args.distill_steps, rollouts=args.distill_rollouts, learning_rate=args.distill_lr),
                 fitted={name: dict(sigmas=r["sigmas"], switch_sigma=round(r["switch"], 4),
@@ -362,7 +363,8 @@ def fitted_notes(s: dict) -> list[str]:
     return [
         "",
         f"Fitted rows: Glance Fit Schedule on \"{s['train_caption']}\" only ({s['fit_rollouts']} rollouts of the model's "
-        f"own {s['fine_steps']}-step {s.get('fine_scheduler', 'simple')} schedule; no image, no training), the base model on both phases. Distilled rows: "
+        f"own {s['fine_steps']}-step {s.get('fine_scheduler', 'simple')} schedule, the (5 slow + 5 fast) row on twice as many steps; no image, no "
+        f"training), the base model on both phases. Distilled rows: "
         f"Glance Distill Experts on that schedule, from the same caption ({d['steps']} steps per expert, "
         f"{d['rollouts']} rollouts, lr {d['learning_rate']:g}). \"(8 captions)\": fit and distillation from 8 training "
         f"captions. One fit took {f['fit_seconds']:.2f} s, one 50-step image {f['one_50_step_image_seconds']:.3f} s: "
