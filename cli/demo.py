@@ -17,7 +17,7 @@ cli/client.py with their inputs overridden by node title:
    held-out captions against the reference; the one with the highest mean PSNR is the row);
 4. workflows/api/glance_fit_and_distill.json from the training caption alone (no image): Glance Fit Schedule
    picks 5 + 5 steps of the model's own 100-step kl_optimal schedule, Glance Distill Experts trains a Slow and a Fast expert
-   against the model's 50-step runs, on the states Euler visits on that schedule; sampled with the experts, and with
+   against the model's 100-step kl_optimal runs, on the states Euler visits on that schedule; sampled with the experts, and with
    the base model on the fitted schedule.
 
 Prompts: the training caption, two other captions the base model was trained on, and captions held out from

@@ -159,12 +159,17 @@ def refine_path(end_error: Callable[[list[int]], float], nodes: list[int], fixed
 
 def dp_grid(fine_steps: int, steps: int, through: tuple[int, int] | None = None) -> list[int]:
     """The fine points the student-state path may step on: every k-th (about ``DP_GRID_STEPS`` steps, at least
-    ``steps``; the last point always), and the switch point when the switch is held (``through``). Each step of that
-    path evaluates the model at every point it may be at, so a coarser grid costs proportionally fewer passes."""
+    ``steps``; the last point always). When the switch is held (``through``: ``through[0]`` steps to fine point
+    ``through[1]``) the switch point too, and each side of it keeps at least as many points as it has steps (a
+    finer stride there where the switch is near an end). Each step of that path evaluates the model at every point
+    it may be at, so a coarser grid costs proportionally fewer passes."""
     stride = max(1, min(round(fine_steps / DP_GRID_STEPS), fine_steps // steps))
-    points = set(range(0, fine_steps + 1, stride)) | {fine_steps}
-    if through is not None:
-        points.add(through[1])
+    if through is None:
+        return sorted(set(range(0, fine_steps + 1, stride)) | {fine_steps})
+    above, at = through
+    stride_above = max(1, min(stride, at // above))
+    stride_below = max(1, min(stride, (fine_steps - at) // max(1, steps - above)))
+    points = set(range(0, at, stride_above)) | set(range(at, fine_steps + 1, stride_below)) | {at, fine_steps}
     return sorted(points)
 
 

@@ -162,6 +162,24 @@ def fit(kit, **overrides):
         return kit["n"]["GlanceFitSchedule"].execute(**args)
 
 
+@pytest.mark.parametrize("side", ["top", "bottom"])
+def test_a_held_switch_with_just_enough_fine_steps_on_its_side_is_fitted(demo_kit, base_dir, side):
+    """A held switch that leaves exactly as many fine steps on one side as that phase has steps (near the top of
+    kl_optimal's 100, where its points are sparse, or near the end) allows one path on that side: the fit returns
+    those fine points, every one of them (the student-state path searches a coarser grid than the fine one)."""
+    import comfy.samplers
+
+    fine = comfy.samplers.calculate_sigmas(demo_kit["model"].get_model_object("model_sampling"), "kl_optimal", 100).float()
+    at = 5 if side == "top" else 95  # 5 fine steps above the switch, or 5 below it
+    sigmas, switch, _ = fit(demo_kit, fine_steps=100, scheduler="kl_optimal", rollouts=1, sampler_name="euler",
+                            switch_sigma=float(fine[at]), save_name=f"test/held_{side}").args
+    assert len(sigmas) == 11 and float(sigmas[5]) == pytest.approx(float(fine[at]), abs=1e-6)
+    forced = fine[:6] if side == "top" else fine[95:]
+    got = sigmas[:6] if side == "top" else sigmas[5:]
+    assert torch.allclose(got.float(), forced, atol=1e-6), (got, forced)
+    assert float(sigmas[4]) > float(switch) >= float(sigmas[5])
+
+
 @pytest.mark.parametrize("name", ["uni_pc", "euler_ancestral", "dpmpp_2m_sde"])
 def test_a_sampler_the_fit_cannot_model_is_refused_by_name(demo_kit, name):
     node = demo_kit["n"]["GlanceFitSchedule"]
