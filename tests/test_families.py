@@ -241,7 +241,7 @@ def test_distill_experts(comfy, cases, name, base_dir):
     args = dict(model=rec.attach(case.model), positive=case.positive, negative=case.negative, cfg=2.0,
                 latent_image=case.latent, sigmas=sigmas, switch_sigma=float(fine[0] + fine[2]) / 2, rank=4,
                 learning_rate=2e-2, steps=2, rollouts=1, seed=0, save_name_slow=f"families/{name} slow",
-                save_name_fast=f"families/{name} fast", fine_steps=6)
+                save_name_fast=f"families/{name} fast", fine_steps=6, scheduler="simple")
     if untrainable_here(case):
         with pytest.raises(RuntimeError, match=r"cannot be trained through .*Nothing was saved"):
             run(comfy, "GlanceDistillExperts", **args)
@@ -383,7 +383,7 @@ def pair_args(case: Case, high, low, sigmas, switch: float, handover: float, nam
     return dict(model=high, positive=case.positive, negative=case.negative, cfg=2.0, latent_image=case.latent,
                 sigmas=sigmas, switch_sigma=switch, rank=4, learning_rate=2e-2, steps=2, rollouts=1, seed=0,
                 save_name_slow=f"families/{name} slow", save_name_fast=f"families/{name} fast", fine_steps=6,
-                model_low_noise=low, handover_sigma=handover)
+                scheduler="simple", model_low_noise=low, handover_sigma=handover)
 
 
 def test_wan22_distill_experts_on_the_pair(comfy, cases, base_dir):
