@@ -208,19 +208,25 @@ class SegmentStep:
         self.session, self.guider, self.teacher, self.steps = session, guider, teacher_states, steps
         self.coarse, self.gen, self.model_options, self.cfg, self.student = coarse, gen, model_options, cfg, student
 
-    def __call__(self, step: int) -> torch.Tensor:
+    def draw(self, step: int) -> tuple[int, int]:
+        """Step ``step``'s rollout and segment (a random one of each), after rolling the sampler again where it is
+        due; the guider set to that rollout's prompt and the expert's cfg."""
         refresh = self.session.settings.refresh
         if step == 0 or (refresh > 0 and step % refresh == 0):
             self.student.roll(self.session, self.guider, self.model_options, self.steps[0], self.steps[-1] + 1)
-        device, sampler = self.session.device, self.session.settings.sampler
         r = int(torch.randint(len(self.teacher.states), (1,), generator=self.gen))
         j = self.steps[int(torch.randint(len(self.steps), (1,), generator=self.gen))]
+        self.guider.prompt = f"prompt_{self.teacher.prompt_of[r]}"
+        self.guider.set_cfg(self.cfg)
+        return r, j
+
+    def __call__(self, step: int) -> torch.Tensor:
+        r, j = self.draw(step)
+        device, sampler = self.session.device, self.session.settings.sampler
         s_i, s_k = float(self.coarse[j]), float(self.coarse[j + 1])
         x_i = self.student.x[r][j:j + 1].to(device)
         old = self.student.d[r][j - 1:j] if j > 0 else None  # the sampler's history: its prediction at j - 1
         target = (x_i - self.teacher.states[r][j + 1:j + 2].to(device)) / (s_i - s_k)
-        self.guider.prompt = f"prompt_{self.teacher.prompt_of[r]}"
-        self.guider.set_cfg(self.cfg)
         with self.session.precision.autocast_context(device):
             denoised = self.guider(x_i, torch.full((1,), s_i, device=device), model_options=self.model_options,
                                    seed=self.session.settings.seed).float()

@@ -40,16 +40,10 @@ def unrolled_loss(distill, end_only: bool):
     mse = torch.nn.functional.mse_loss
 
     def call(self, step: int) -> torch.Tensor:
-        refresh = self.session.settings.refresh
-        if step == 0 or (refresh > 0 and step % refresh == 0):
-            self.student.roll(self.session, self.guider, self.model_options, self.steps[0], self.steps[-1] + 1)
+        r, first = self.draw(step)
         device, sampler = self.session.device, self.session.settings.sampler
-        r = int(torch.randint(len(self.teacher.states), (1,), generator=self.gen))
-        first = self.steps[int(torch.randint(len(self.steps), (1,), generator=self.gen))]
         x = self.student.x[r][first:first + 1].to(device)
         old = self.student.d[r][first - 1:first].to(device) if first > 0 else None
-        self.guider.prompt = f"prompt_{self.teacher.prompt_of[r]}"
-        self.guider.set_cfg(self.cfg)
         losses, last = [], self.steps[-1]
         for j in range(first, last + 1):
             s_i, s_k = float(self.coarse[j]), float(self.coarse[j + 1])

@@ -37,6 +37,7 @@ import torch
 
 from cli.host import pack_module
 
+from .fitted import default_teacher
 from .metrics import psnr
 from .schedules import HERE, REFERENCE_SAMPLER, Bench, combine
 
@@ -51,8 +52,8 @@ DEFAULT_VARIANTS = list(VARIANTS)[:2]
 
 
 def fine_scheduler() -> str:
-    """The default teacher grid (sampling/teacher.py): the fits and the experts' teacher use it."""
-    return pack_module("sampling.teacher").FINE_SCHEDULER
+    """The default teacher grid's scheduler: the fits and the experts' teacher use it."""
+    return default_teacher()[1]
 
 
 def fit(b: Bench, sampler: str, steps: int, fine_steps: int, positive) -> tuple[torch.Tensor, float]:

@@ -29,6 +29,7 @@ import torch
 from cli import emoji_data
 from cli.host import pack_module, start_in_process
 
+from .fitted import default_teacher
 from .metrics import psnr
 
 HERE = Path(__file__).resolve().parent
@@ -99,12 +100,12 @@ class Bench:
         ``fine_steps``); its sigmas, its saved record, seconds."""
         slow = steps // 2
         name = f"bench/{sampler}_{steps}_{time.time_ns()}"
-        default_teacher = pack_module("sampling.teacher")
+        fine_default, scheduler = default_teacher()
         t0 = time.perf_counter()
         sigmas = self.N["GlanceFitSchedule"].execute(
             model=self.model, positive=positive, negative=self.negative, cfg=self.cfg, latent_image=self.latent(1),
-            steps_slow=slow, steps_fast=steps - slow, fine_steps=fine_steps or default_teacher.FINE_STEPS,
-            scheduler=default_teacher.FINE_SCHEDULER, rollouts=len(positive), seed=0, switch_sigma=0.0, save_name=name,
+            steps_slow=slow, steps_fast=steps - slow, fine_steps=fine_steps or fine_default,
+            scheduler=scheduler, rollouts=len(positive), seed=0, switch_sigma=0.0, save_name=name,
             sampler_name=sampler).args[0]
         seconds = time.perf_counter() - t0
         import folder_paths
@@ -203,8 +204,8 @@ def run(args, argv) -> None:
     out.update(notes=[model_type_note, f"euler 50 steps of simple: {euler50:.1f} dB from the reference"],
                settings=dict(held_out_captions=b.held_captions, seeds_per_caption=args.seeds,
                              fit_captions=b.train_captions,
-                             fine_steps=args.fine_steps or pack_module("sampling.teacher").FINE_STEPS,
-                             fine_scheduler=pack_module("sampling.teacher").FINE_SCHEDULER, cfg=args.cfg,
+                             fine_steps=args.fine_steps or default_teacher()[0],
+                             fine_scheduler=default_teacher()[1], cfg=args.cfg,
                              reference_steps=args.reference_steps, threads=args.threads,
                              command="python -m benchmarks.repro.schedules " + " ".join(argv or [])),
                seconds=round(time.time() - t_start, 1), table=table)
@@ -259,7 +260,7 @@ def variants(b: Bench, args, steps_list, score) -> list[dict]:
     """The fit's alternatives, at 6 and 10 steps (those of ``steps_list``)."""
     ss = pack_module("sampling.sampler_schedule")
     schedule_fit = pack_module("sampling.schedule_fit")
-    default_teacher = pack_module("sampling.teacher")
+    fine_default, fine_scheduler = default_teacher()
     rows = []
     many = combine(b.train_conds)
     model = b.model
@@ -277,8 +278,8 @@ def variants(b: Bench, args, steps_list, score) -> list[dict]:
             ]
             for label, options, prompts in cases:
                 settings = schedule_fit.FitSettings(cfg=b.cfg, steps_slow=slow, steps_fast=steps - slow,
-                                                    fine_steps=args.fine_steps or default_teacher.FINE_STEPS,
-                                                    scheduler=default_teacher.FINE_SCHEDULER,
+                                                    fine_steps=args.fine_steps or fine_default,
+                                                    scheduler=fine_scheduler,
                                                     rollouts=len(prompts) if len(prompts) > 1 else 4, seed=0)
                 t0 = time.perf_counter()
                 result = ss.fit_for_sampler(model, prompts, b.negative, latent, settings, sampler, check_rollouts=0,
